@@ -1,0 +1,33 @@
+"""comicutils: the helper package of the Photo -> Comic course.
+
+Modules, one concern each:
+
+* :mod:`comicutils.runtime` - run mode (smoke/auto/full), device, seeding, progress bars,
+  the "substitute in use" banner.
+* :mod:`comicutils.assets` - registry of every downloadable file (URL, sha256, licence),
+  cache, offline mirror, verified downloads.
+* :mod:`comicutils.images` - load/convert/validate images; tensors are (N, 3, H, W) in [0, 1].
+* :mod:`comicutils.data` - face2comics pairs, paired folders, deterministic splits, joint
+  augmentation, the CC0 portraits.
+* :mod:`comicutils.faces` - Haar and dlib face detection, 5-point alignment, identity embeddings.
+* :mod:`comicutils.metrics` - SSIM, PSNR, MSE, RMSE, FSIM, LPIPS, identity distance, tables.
+* :mod:`comicutils.viz` - figures saved to ``figures/``.
+
+Heavy modules are imported on first use, so ``import comicutils`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "viz", "course", "cli")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'comicutils' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_SUBMODULES]

@@ -1,0 +1,4 @@
+"""``python -m comicutils ...`` - see :mod:`comicutils.cli`."""
+from .cli import main
+
+raise SystemExit(main())

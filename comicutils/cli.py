@@ -1,0 +1,140 @@
+"""Command line: ``python -m comicutils <command> ...``.
+
+Commands
+--------
+``info``                      mode, device, versions, cache and mirror folders
+``assets list``               the registry (name, size, licence, in the offline mirror?)
+``assets fetch NAME|--all``   get files into the cache (cache -> mirror -> download), verified
+``assets verify``             check every file found in the cache or mirrors against its sha256
+``course [--only 00 02]``     execute the notebooks in order (headless), write figures
+
+Each chapter adds its command (``stylize``, ``evaluate``, ``bench``) by adding an entry to
+``COMMANDS``: a function that configures its sub-parser and returns the handler.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _info(sub: argparse.ArgumentParser) -> Handler:
+    def run(args):
+        from .runtime import environment_report
+
+        report = environment_report()
+        width = max(map(len, report))
+        for k, v in report.items():
+            print(f"{k:<{width}}  {v}")
+        return 0
+
+    return run
+
+
+def _assets(sub: argparse.ArgumentParser) -> Handler:
+    actions = sub.add_subparsers(dest="action", required=True, metavar="{list,fetch,verify}")
+    ls = actions.add_parser("list", help="show the registry")
+    ls.add_argument("--group", help="only this group (face2comics, portraits, taesd, ...)")
+    fe = actions.add_parser("fetch", help="fetch assets into the cache (verified)")
+    fe.add_argument("names", nargs="*", metavar="NAME")
+    fe.add_argument("--all", action="store_true", help="every asset in the registry")
+    fe.add_argument("--mirrored", action="store_true", help="every asset of the offline mirror")
+    ve = actions.add_parser("verify", help="check local copies against their sha256")
+    ve.add_argument("names", nargs="*", metavar="NAME")
+
+    def run(args):
+        from . import assets
+
+        if args.action == "list":
+            rows = assets.list_assets(args.group)
+            print(f"{'name':<30} {'group':<17} {'size':>9}  {'mirror':<6}  license")
+            for a in rows:
+                size = assets._human(a.size) if a.size else "?"
+                check = "" if a.pinned else "  [no published sha256: pinned on first use]"
+                print(f"{a.name:<30} {a.group:<17} {size:>9}  {'yes' if a.mirrored else 'no':<6}  "
+                      f"{a.license}{check}")
+            print(f"\n{len(rows)} assets. Cache: {assets.cache_dir()}  "
+                  f"Mirror ({assets.MIRROR_ENV}): "
+                  f"{', '.join(map(str, assets.mirror_dirs())) or 'not set'}")
+            return 0
+        if args.action == "fetch":
+            if args.all:
+                names = list(assets.REGISTRY)
+            elif args.mirrored:
+                names = [a.name for a in assets.list_assets(mirrored=True)]
+            else:
+                names = args.names
+            if not names:
+                print("name an asset, or use --all / --mirrored", file=sys.stderr)
+                return 2
+            failed = 0
+            for name in names:
+                try:
+                    path = assets.fetch(name)
+                    print(f"ok       {name:<30} {path}")
+                except assets.AssetError as err:
+                    failed += 1
+                    print(f"FAILED   {name}: {err}", file=sys.stderr)
+            return 1 if failed else 0
+        if args.action == "verify":
+            try:
+                results = assets.verify(args.names or None)
+            except assets.UnknownAsset as err:
+                print(err, file=sys.stderr)
+                return 2
+            for r in results:
+                detail = f"  ({r.detail})" if r.detail and r.status != "ok" else (
+                    f"  [{r.detail}]" if r.detail else "")
+                print(f"{r.status:<9}{r.name:<30} {r.path}{detail}")
+            ok = sum(r.status == "ok" for r in results)
+            bad = [r for r in results if r.failed]
+            absent = sum(r.status == "absent" for r in results)
+            print(f"\n{ok} verified, {absent} not present (downloaded only in full mode), "
+                  f"{len(bad)} failed.")
+            return 1 if bad else 0
+        return 2  # pragma: no cover - argparse enforces the choices
+
+    return run
+
+
+def _course(sub: argparse.ArgumentParser) -> Handler:
+    sub.add_argument("--only", nargs="*", metavar="NN", help="notebook prefixes, e.g. 00 02")
+    sub.add_argument("--out", help="folder for the executed notebooks (default build/notebooks)")
+    sub.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+
+    def run(args):
+        from .course import run_course
+
+        run_course(args.only, out_dir=args.out, timeout=args.timeout)
+        return 0
+
+    return run
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {
+    "info": ("mode, device, versions and folders", _info),
+    "assets": ("list, fetch and verify downloadable files", _assets),
+    "course": ("execute every notebook headless", _course),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    parser = argparse.ArgumentParser(prog="python -m comicutils",
+                                     description="Photo -> Comic course helpers.")
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers = {}
+    for name, (help_text, configure) in COMMANDS.items():
+        handlers[name] = configure(subs.add_parser(name, help=help_text, description=help_text))
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted", file=sys.stderr)
+        return 130

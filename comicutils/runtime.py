@@ -1,0 +1,253 @@
+"""Run mode, device choice, seeding, progress bars and the "substitute in use" banner.
+
+Everything in the course that depends on *how much* work to do reads the mode from here,
+and from nowhere else:
+
+* ``smoke`` – tiny images and step counts, so every notebook runs in well under a minute
+  on two CPU cores (CI, ``pytest --nbval-lax``). Backbones whose pretrained weights cannot
+  be had may be randomly initialised.
+* ``auto`` (default) – real settings scaled to the device. Pretrained weights are used when
+  they can be had (cache, mirror, download); otherwise an offline substitute is used and a
+  visible banner says so.
+* ``full`` – the seeds' settings. A missing weight is an error that says how to get it.
+
+The mode comes from the environment variable ``COMICUTILS_MODE``.
+"""
+from __future__ import annotations
+
+import html
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import numpy as np
+
+MODES = ("smoke", "auto", "full")
+MODE_ENV = "COMICUTILS_MODE"
+DEVICE_ENV = "COMICUTILS_DEVICE"
+FIGURES_ENV = "COMICUTILS_FIGURES"
+PROGRESS_ENV = "COMICUTILS_PROGRESS"
+
+T = TypeVar("T")
+
+
+class ModeError(ValueError):
+    """``COMICUTILS_MODE`` holds something other than smoke, auto or full."""
+
+
+def get_mode() -> str:
+    """Return the run mode: ``"smoke"``, ``"auto"`` (default) or ``"full"``.
+
+    Read from ``COMICUTILS_MODE`` (case-insensitive, surrounding spaces ignored) each time,
+    so a notebook can change it with ``os.environ`` before running a cell.
+    """
+    raw = os.environ.get(MODE_ENV, "").strip().lower()
+    if not raw:
+        return "auto"
+    if raw not in MODES:
+        raise ModeError(
+            f"{MODE_ENV}={os.environ[MODE_ENV]!r} is not a run mode; use one of {', '.join(MODES)}."
+        )
+    return raw
+
+
+def by_mode(smoke: T, auto: T, full: T | None = None, *, mode: str | None = None) -> T:
+    """Pick a value by run mode: ``by_mode(smoke=2, auto=200, full=5000)``.
+
+    ``full`` defaults to ``auto`` when omitted. Used by every notebook's parameters cell so
+    one place shows every knob and how the mode scales it.
+    """
+    mode = mode or get_mode()
+    if mode not in MODES:
+        raise ModeError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    if mode == "smoke":
+        return smoke
+    if mode == "full" and full is not None:
+        return full
+    return auto
+
+
+def is_smoke() -> bool:
+    return get_mode() == "smoke"
+
+
+def get_device(prefer: str | None = None):
+    """Choose the torch device: ``prefer`` or ``COMICUTILS_DEVICE`` if given, else CUDA, MPS, CPU.
+
+    Asking for a device that is not there is an error, not a silent CPU fallback.
+    """
+    import torch
+
+    want = (prefer or os.environ.get(DEVICE_ENV, "")).strip().lower()
+    if want:
+        dev = torch.device(want)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {want!r} requested but CUDA is not available here.")
+        if dev.type == "mps" and not (
+            getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        ):
+            raise RuntimeError(f"device {want!r} requested but MPS is not available here.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0, *, deterministic: bool = False):
+    """Seed Python, NumPy and PyTorch (all devices); return a seeded CPU ``torch.Generator``.
+
+    ``deterministic=True`` also asks PyTorch for deterministic kernels (slower, and some ops
+    then raise). Same seed, same results on the same machine and library versions.
+    """
+    import torch
+
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+    return torch.Generator().manual_seed(seed)
+
+
+def progress(iterable: Iterable[T] | None = None, *, desc: str | None = None,
+             total: int | None = None, **kwargs: Any):
+    """A progress bar (``tqdm.auto``: a widget in Jupyter, text in a terminal).
+
+    ``COMICUTILS_PROGRESS=0`` turns every bar off (quiet logs).
+    """
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get(PROGRESS_ENV, "1").strip() in {"0", "false", "no", "off"}
+    kwargs.setdefault("disable", disable)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, desc=desc, total=total, **kwargs)
+
+
+# --------------------------------------------------------------------------- banners
+@dataclass(frozen=True)
+class Substitute:
+    """A record that an offline or random substitute replaced a real component."""
+
+    wanted: str        # what the method calls for, e.g. "VGG-19 ImageNet weights"
+    used: str          # what runs instead, e.g. "TAESD taef2 encoder features"
+    reason: str        # why, e.g. "asset 'vgg19-imagenet' not in cache or mirror, no network"
+    mode: str = field(default_factory=get_mode)
+
+    def text(self) -> str:
+        return (f"SUBSTITUTE IN USE [{self.mode} mode]: {self.used} instead of {self.wanted}. "
+                f"Reason: {self.reason}. Results are not those of the original method.")
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        return (
+            '<div style="border:2px solid #d9480f;background:#fff4e6;color:#7a2e0e;'
+            'padding:8px 12px;margin:6px 0;border-radius:6px;font-family:sans-serif">'
+            f'<b>&#9888; Substitute in use</b> <small>({html.escape(self.mode)} mode)</small><br>'
+            f'<b>{html.escape(self.used)}</b> instead of <b>{html.escape(self.wanted)}</b>.<br>'
+            f'<small>Why: {html.escape(self.reason)}. Numbers and images below come from the '
+            'substitute, not from the original method.</small></div>'
+        )
+
+
+_SUBSTITUTES: list[Substitute] = []
+
+
+def substitute_banner(wanted: str, used: str, reason: str, *, show: bool = True) -> Substitute:
+    """Announce that ``used`` replaces ``wanted`` and remember it for :func:`substitutes_in_use`.
+
+    In Jupyter the banner is an orange box; elsewhere one line on stdout (never hidden in a
+    log file). In ``full`` mode a substitute is not allowed: call sites raise instead.
+    """
+    sub = Substitute(wanted=wanted, used=used, reason=reason)
+    if sub not in _SUBSTITUTES:
+        _SUBSTITUTES.append(sub)
+    if show:
+        if _in_notebook():
+            from IPython.display import display
+
+            display(sub)
+        else:
+            print(sub.text(), flush=True)
+    return sub
+
+
+def substitutes_in_use() -> list[Substitute]:
+    """Every substitute announced in this process, in order (for tables and figure captions)."""
+    return list(_SUBSTITUTES)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with the course
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+# --------------------------------------------------------------------------- paths
+def project_root() -> Path | None:
+    """The course checkout holding this package, or ``None`` for a plain installed package."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir():
+        return here
+    return None
+
+
+def figures_dir() -> Path:
+    """Where notebooks save figures.
+
+    ``COMICUTILS_FIGURES`` if set; otherwise ``figures/`` of the checkout in auto and full
+    mode, and ``build/smoke-figures/`` in smoke mode, so a CI run never overwrites the
+    figures the README shows with tiny smoke-mode ones.
+    """
+    env = os.environ.get(FIGURES_ENV, "").strip()
+    if env:
+        path = Path(env).expanduser()
+    else:
+        root = project_root() or Path.cwd()
+        path = root / ("build/smoke-figures" if get_mode() == "smoke" else "figures")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def environment_report() -> dict[str, str]:
+    """Versions, device and mode: the first cell of every notebook prints this."""
+    import torch
+
+    from . import __version__
+    from .assets import MIRROR_ENV, cache_dir, mirror_dirs
+
+    dev = get_device()
+    gpu = torch.cuda.get_device_name(0) if dev.type == "cuda" else "-"
+    return {
+        "comicutils": __version__,
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "torch": torch.__version__,
+        "mode": get_mode(),
+        "device": str(dev),
+        "gpu": gpu,
+        "cpu threads": str(torch.get_num_threads()),
+        "asset cache": str(cache_dir()),
+        MIRROR_ENV: os.pathsep.join(str(p) for p in mirror_dirs()) or "(not set)",
+        "figures": str(figures_dir()),
+        "executable": sys.executable,
+    }

@@ -1,0 +1,43 @@
+"""Shared fixtures. Unit tests run in smoke mode with an isolated cache and no network."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MIRROR = REPO.parent / "shared" / "assets"
+
+# Defaults for the whole session (an explicit environment wins).
+os.environ.setdefault("COMICUTILS_MODE", "smoke")
+os.environ.setdefault("COMICUTILS_PROGRESS", "0")
+if "COMICUTILS_MIRROR" not in os.environ and DEFAULT_MIRROR.is_dir():
+    os.environ["COMICUTILS_MIRROR"] = str(DEFAULT_MIRROR)
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty asset cache and no network downloads."""
+    monkeypatch.setenv("COMICUTILS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("COMICUTILS_OFFLINE", "1")
+    monkeypatch.setenv("COMICUTILS_FIGURES", str(tmp_path_factory.mktemp("figures")))
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The offline asset mirror (``COMICUTILS_MIRROR``); tests that need real files use it."""
+    raw = os.environ.get("COMICUTILS_MIRROR", "")
+    first = Path(raw.split(os.pathsep)[0]) if raw else None
+    if first is None or not first.is_dir():
+        pytest.skip("COMICUTILS_MIRROR is not set to the course's asset mirror")
+    return first
+
+
+@pytest.fixture(scope="session")
+def portrait_paths(mirror) -> list[Path]:
+    paths = sorted((mirror / "interfaces" / "256").glob("*.jpg"))
+    assert len(paths) == 30, "the mirror should hold the 30 CC0 portraits"
+    return paths

@@ -1,0 +1,86 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from comicutils import runtime
+
+
+@pytest.mark.parametrize("raw,mode", [("smoke", "smoke"), ("AUTO", "auto"), (" full ", "full"), ("", "auto")])
+def test_mode_from_environment(monkeypatch, raw, mode):
+    monkeypatch.setenv("COMICUTILS_MODE", raw)
+    assert runtime.get_mode() == mode
+
+
+def test_unknown_mode_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "fast")
+    with pytest.raises(runtime.ModeError, match="smoke, auto, full"):
+        runtime.get_mode()
+
+
+def test_by_mode_picks_the_value_of_the_mode(monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")
+    assert runtime.by_mode(smoke=1, auto=2, full=3) == 1
+    monkeypatch.setenv("COMICUTILS_MODE", "full")
+    assert runtime.by_mode(smoke=1, auto=2, full=3) == 3
+    assert runtime.by_mode(smoke=1, auto=2) == 2  # full falls back to auto
+    assert runtime.by_mode(smoke=1, auto=2, mode="auto") == 2
+
+
+def test_seed_everything_makes_every_generator_repeat():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(3)
+
+    g1 = runtime.seed_everything(123)
+    a = draw(), torch.rand(2, generator=g1)
+    g2 = runtime.seed_everything(123)
+    b = draw(), torch.rand(2, generator=g2)
+    assert a[0][0] == b[0][0] and a[0][1] == b[0][1]
+    assert torch.equal(a[0][2], b[0][2]) and torch.equal(a[1], b[1])
+    runtime.seed_everything(124)
+    assert not torch.equal(torch.rand(3), a[0][2])
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "1", True])
+def test_seed_everything_rejects_bad_seeds(bad):
+    with pytest.raises((TypeError, ValueError)):
+        runtime.seed_everything(bad)
+
+
+def test_device_defaults_to_cpu_without_gpu_and_refuses_missing_cuda(monkeypatch):
+    monkeypatch.delenv("COMICUTILS_DEVICE", raising=False)
+    if not torch.cuda.is_available():
+        assert runtime.get_device().type in {"cpu", "mps"}
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            runtime.get_device("cuda")
+    assert runtime.get_device("cpu") == torch.device("cpu")
+
+
+def test_progress_bar_counts_and_can_be_silenced(monkeypatch, capsys):
+    monkeypatch.setenv("COMICUTILS_PROGRESS", "0")
+    assert sum(runtime.progress(range(5), desc="x")) == 10
+    assert "x" not in capsys.readouterr().err
+
+
+def test_substitute_banner_is_printed_and_remembered(capsys, monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    sub = runtime.substitute_banner("VGG-19 ImageNet weights", "taef2 encoder", "offline")
+    out = capsys.readouterr().out
+    assert "SUBSTITUTE IN USE" in out and "taef2 encoder" in out and "VGG-19" in out
+    assert sub in runtime.substitutes_in_use()
+    assert "Substitute in use" in sub._repr_html_() and "auto mode" in sub._repr_html_()
+
+
+def test_figures_go_to_a_build_folder_in_smoke_mode(monkeypatch):
+    monkeypatch.delenv("COMICUTILS_FIGURES")
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")
+    assert runtime.figures_dir().parts[-2:] == ("build", "smoke-figures")
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    assert runtime.figures_dir().name == "figures"
+
+
+def test_environment_report_names_mode_and_device():
+    rep = runtime.environment_report()
+    assert rep["mode"] == "smoke" and rep["device"] in {"cpu", "cuda", "mps"}
+    assert "COMICUTILS_MIRROR" in rep
