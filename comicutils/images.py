@@ -73,7 +73,7 @@ def load_image(src: ImageLike, *, min_size: int = MIN_SIZE) -> Image.Image:
             if t.shape[0] != 1:
                 raise ImageError(f"load_image takes one image; got a batch of {t.shape[0]}")
             t = t[0]
-        return to_pil(_validate_chw(t))
+        img = to_pil(_validate_chw(t))
     else:
         raise ImageError(f"cannot load an image from {type(src).__name__}")
     img = to_rgb(img)

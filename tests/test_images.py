@@ -170,3 +170,8 @@ def _as_i16(arr):
 def test_uint16_array_scales_like_a_16bit_image():
     arr = np.full((20, 20, 3), 65535, np.uint16)
     assert np.asarray(images.load_image(arr)).min() == 255
+
+
+def test_tiny_tensor_is_rejected_too():
+    with pytest.raises(ImageError, match="at least"):
+        images.load_image(torch.rand(1, 3, 8, 8))
