@@ -1,0 +1,515 @@
+"""Image-quality metrics for comic predictions, and the tables the chapters report.
+
+Every function takes **float tensors (N, 3, H, W) with values in [0, 1]** (a single (3, H, W)
+image counts as N = 1), validates both inputs with
+:func:`comicutils.images.check_image_tensor` -- so [-1, 1] or [0, 255] data is rejected with an
+:class:`~comicutils.images.ImageError` instead of giving a plausible-looking wrong number -- and
+returns a float64 CPU tensor of shape (N,): one value per pair.
+
+Why so strict: a public implementation evaluated with its ground truth squashed into [0.5, 1]
+and reported PSNR 8.9 dB. Every metric here depends on the value range, so the range is pinned:
+
+=============  ========================================================================
+``ssim``       ``skimage.metrics.structural_similarity`` per image on (H, W, 3) float64
+               arrays with ``data_range=1.0, channel_axis=-1``, skimage's default 7x7
+               *uniform* window (``win_size=7, gaussian_weights=False``), sample covariance,
+               K1=0.01, K2=0.03 (:data:`SSIM_SETTINGS`). Higher is better; 1 = identical.
+               Needs both sides >= 7 px.
+``psnr``       ``skimage.metrics.peak_signal_noise_ratio`` with ``data_range=1.0``, in dB:
+               ``10 log10(1 / MSE)``. Identical images give ``inf`` (no warning).
+``mse``        mean over C, H, W of the squared difference of [0, 1] values.
+``rmse``       ``sqrt(mse)``, in [0, 1] units.
+``fsim``       ``piq.fsim(..., data_range=1.0, chromatic=True, reduction='none')`` (FSIMc).
+               1 = identical; in (0, 1] otherwise. Needs both sides >= 7 px: piq itself only
+               fails (NaN) at 1 px, but its finest log-Gabor filter has a 6 px wavelength,
+               so anything smaller has no structure for FSIM to see.
+``lpips_vgg``  LPIPS v0.1 (Zhang et al. 2018), VGG-16 trunk, learned linear heads shipped in
+``lpips_alex`` the ``lpips`` package; trunk weights = torchvision's ImageNet files from the
+               course asset registry. Inputs [0, 1], passed with ``normalize=True`` (lpips
+               maps to [-1, 1] itself -- the only conversion). Lower is better; 0 = identical.
+               VGG needs >= 16 px, AlexNet >= 31 px. Without the trunk weights the metric is
+               **n/a** (:class:`MetricUnavailable`); it is never computed on a random trunk.
+``id_dist``    Euclidean distance of dlib 128-d face embeddings between the prediction and
+               the *input photo* (``photos=``); from :mod:`comicutils.faces`. NaN where no
+               face is found. Lower = identity better kept (dlib's usual threshold is 0.6).
+               Needs >= 16 px.
+=============  ========================================================================
+
+:func:`score_pairs` builds a table (one row per pair, one column per metric); a metric that
+cannot be computed here becomes a NaN column and the reason goes into
+``df.attrs["unavailable"]``. :func:`summarize` turns it into mean and std per metric.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .images import MIN_SIZE as IMAGE_MIN_SIZE
+from .images import ImageError, check_image_tensor
+from .runtime import get_device, get_mode
+
+__all__ = [
+    "METRICS", "HIGHER_IS_BETTER", "MIN_SIZE", "SSIM_SETTINGS",
+    "MetricUnavailable", "BackboneWeightsError",
+    "ssim", "psnr", "mse", "rmse", "fsim", "lpips", "lpips_model", "clear_lpips_cache",
+    "id_dist", "score_pairs", "summarize",
+]
+
+METRICS: tuple[str, ...] = ("ssim", "psnr", "mse", "rmse", "fsim", "lpips_vgg", "lpips_alex",
+                            "id_dist")
+"""Every metric :func:`score_pairs` knows, in table-column order."""
+
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "ssim": True, "psnr": True, "mse": False, "rmse": False, "fsim": True,
+    "lpips_vgg": False, "lpips_alex": False, "id_dist": False,
+}
+
+MIN_SIZE: dict[str, int] = {"ssim": 7, "fsim": 7, "lpips_vgg": 16, "lpips_alex": 31,
+                            "id_dist": IMAGE_MIN_SIZE}
+"""Smallest image side (px) each metric accepts; below it the metric raises ImageError."""
+
+SSIM_SETTINGS: dict = dict(data_range=1.0, channel_axis=-1, win_size=7, gaussian_weights=False,
+                           use_sample_covariance=True, K1=0.01, K2=0.03)
+"""Keyword arguments of every ``skimage.metrics.structural_similarity`` call (skimage defaults,
+written out so that a change of skimage's defaults cannot change the course's numbers)."""
+
+DATA_RANGE = 1.0
+
+_LPIPS_NETS = {
+    # net: (asset name, human name, column name)
+    "vgg": ("vgg16-imagenet", "VGG-16", "lpips_vgg"),
+    "alex": ("alexnet-imagenet", "AlexNet", "lpips_alex"),
+}
+
+
+class MetricUnavailable(RuntimeError):
+    """The metric cannot be computed here (weights not available offline, module missing).
+
+    Tables show such a metric as "n/a"; it is never replaced by a substitute.
+    """
+
+
+class BackboneWeightsError(RuntimeError):
+    """A backbone weight file does not match the network (missing keys or wrong shapes)."""
+
+
+# --------------------------------------------------------------------------- inputs
+def _as_batch(x: torch.Tensor, what: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor) and x.ndim == 3:
+        x = x.unsqueeze(0)
+    return check_image_tensor(x, what)
+
+
+def _validate_pair(pred: torch.Tensor, target: torch.Tensor, *,
+                   metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a prediction/target pair -> two (N, 3, H, W) tensors (not copied) of equal shape."""
+    p = _as_batch(pred, f"{metric}: pred")
+    t = _as_batch(target, f"{metric}: target")
+    if p.shape != t.shape:
+        raise ImageError(f"{metric}: pred and target differ in shape: pred {tuple(p.shape)} vs "
+                         f"target {tuple(t.shape)}; they must match (resize one first)")
+    return p, t
+
+
+def _prepare(pred: torch.Tensor, target: torch.Tensor, *, metric: str,
+             min_side: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a prediction/target pair -> two (N, 3, H, W) tensors clamped to [0, 1].
+
+    ``check_image_tensor`` allows values 1e-4 outside [0, 1] (rounding); the clamp makes
+    them exact, so no library sees a value outside its ``data_range``.
+    """
+    p, t = _validate_pair(pred, target, metric=metric)
+    _check_min_side(p, metric, min_side)
+    return p.clamp(0.0, 1.0), t.clamp(0.0, 1.0)
+
+
+def _check_min_side(x: torch.Tensor, metric: str, min_side: int) -> None:
+    h, w = x.shape[-2:]
+    if x.shape[0] and min(h, w) < min_side:
+        raise ImageError(f"{metric} needs images of at least {min_side}x{min_side} px; got "
+                         f"{h}x{w}")
+
+
+def _hwc64(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) tensor -> float64 array (N, H, W, 3)."""
+    return x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy()
+
+
+def _empty() -> torch.Tensor:
+    return torch.zeros(0, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------- pixel metrics
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Structural similarity per pair -> float64 (N,), at most 1 (identical images).
+
+    ``pred``, ``target``: (N, 3, H, W) in [0, 1], H and W >= 7. Settings: :data:`SSIM_SETTINGS`.
+    """
+    from skimage.metrics import structural_similarity
+
+    p, t = _prepare(pred, target, metric="SSIM", min_side=MIN_SIZE["ssim"])
+    vals = [structural_similarity(a, b, **SSIM_SETTINGS) for a, b in zip(_hwc64(t), _hwc64(p))]
+    return torch.tensor(vals, dtype=torch.float64) if vals else _empty()
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB (peak = 1.0) per pair -> float64 (N,).
+
+    ``10 * log10(1 / MSE)``: MSE 0.01 (an error of 0.1 everywhere) is 20 dB. Identical images
+    give ``inf`` silently; see :func:`summarize` for how tables average it.
+    """
+    from skimage.metrics import peak_signal_noise_ratio
+
+    p, t = _prepare(pred, target, metric="PSNR")
+    with np.errstate(divide="ignore"):
+        vals = [peak_signal_noise_ratio(a, b, data_range=DATA_RANGE)
+                for a, b in zip(_hwc64(t), _hwc64(p))]
+    return torch.tensor(vals, dtype=torch.float64) if vals else _empty()
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over C, H, W of [0, 1] values -> float64 (N,), in [0, 1]."""
+    p, t = _prepare(pred, target, metric="MSE")
+    diff = p.detach().to("cpu", torch.float64) - t.detach().to("cpu", torch.float64)
+    return diff.square().mean(dim=(1, 2, 3)) if diff.shape[0] else _empty()
+
+
+def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Root mean squared error, ``sqrt(mse)`` -> float64 (N,), in [0, 1]."""
+    return mse(pred, target).sqrt()
+
+
+def fsim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Feature similarity FSIMc (piq, ``data_range=1.0, chromatic=True``) -> float64 (N,).
+
+    ``pred``, ``target``: (N, 3, H, W) in [0, 1], H and W >= 7. 1 for identical images.
+    Computed in float32 on the inputs' device (float64 changes the 5th decimal at most and is
+    slower). A perfectly flat image has no phase congruency: FSIM is then 1 if both are equal
+    flat images and may be NaN otherwise.
+    """
+    import piq
+
+    p, t = _prepare(pred, target, metric="FSIM", min_side=MIN_SIZE["fsim"])
+    if p.shape[0] == 0:
+        return _empty()
+    with torch.no_grad():
+        out = piq.fsim(p.detach().float(), t.detach().float(), reduction="none",
+                       data_range=DATA_RANGE, chromatic=True)
+    return out.to("cpu", torch.float64).reshape(-1)
+
+
+# --------------------------------------------------------------------------- LPIPS
+_LPIPS_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
+_LPIPS_LOCK = threading.Lock()
+
+
+def _check_net(net: str) -> str:
+    key = str(net).lower()
+    if key == "vgg16":
+        key = "vgg"
+    if key not in _LPIPS_NETS:
+        raise ValueError(f"LPIPS net must be 'vgg' or 'alex'; got {net!r}")
+    return key
+
+
+def clear_lpips_cache() -> None:
+    """Forget every cached LPIPS model (frees their memory; the next call reloads)."""
+    with _LPIPS_LOCK:
+        _LPIPS_CACHE.clear()
+
+
+def lpips_model(net: str = "vgg", device: str | torch.device | None = None) -> torch.nn.Module:
+    """The LPIPS v0.1 model for ``net`` ("vgg" or "alex") on ``device``, cached per (net, device).
+
+    The linear heads come with the ``lpips`` package; the trunk weights are torchvision's
+    ImageNet files fetched from the asset registry (``vgg16-imagenet`` / ``alexnet-imagenet``)
+    and mapped onto lpips' trunk slices, every trunk tensor required. The model is in eval
+    mode with ``requires_grad`` off.
+
+    Raises :class:`MetricUnavailable` when the trunk weights cannot be had (offline, no
+    mirror): the metric is then "n/a" -- never computed with a random trunk.
+    Raises :class:`BackboneWeightsError` when the file does not fit the trunk, and lets
+    :class:`~comicutils.assets.ChecksumMismatch` through.
+    """
+    net = _check_net(net)
+    dev = torch.device(device) if device is not None else get_device()
+    key = (net, str(dev))
+    with _LPIPS_LOCK:
+        cached = _LPIPS_CACHE.get(key)
+        if cached is not None:
+            return cached
+        model = _build_lpips(net).to(dev)
+        _LPIPS_CACHE[key] = model
+        return model
+
+
+def _build_lpips(net: str) -> torch.nn.Module:
+    from . import assets
+
+    asset, human, _ = _LPIPS_NETS[net]
+    try:
+        path = assets.fetch(asset, quiet=True)
+    except assets.AssetUnavailable as err:
+        raise MetricUnavailable(
+            f"LPIPS-{'VGG' if net == 'vgg' else 'Alex'} n/a: the {human} ImageNet trunk weights "
+            f"are not available offline, and LPIPS is never computed on a random trunk "
+            f"({err})") from err
+    state = torch.load(path, map_location="cpu", weights_only=True)
+
+    import lpips as lpips_pkg
+
+    with warnings.catch_warnings():
+        # pnet_rand=True builds torchvision's net with the deprecated pretrained=False
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips_pkg.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    _load_trunk(model.net, state, source=f"{path} ({human})")
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _load_trunk(trunk: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Copy torchvision ``features.<i>.<weight|bias>`` tensors into lpips' trunk, strictly.
+
+    lpips splits torchvision's ``features`` Sequential into ``slice1`` ... ``slice5`` but keeps
+    each layer's original index as its module name, so ``slice2.3.weight`` is
+    ``features.3.weight``.
+    """
+    if not isinstance(state, Mapping):
+        raise BackboneWeightsError(f"{source} holds a {type(state).__name__}, not a state dict")
+    mapped, missing, wrong = {}, [], []
+    for name, param in trunk.state_dict().items():
+        parts = name.split(".")
+        if len(parts) != 3 or not parts[0].startswith("slice"):
+            raise BackboneWeightsError(f"unexpected lpips trunk parameter {name!r}")
+        src = f"features.{parts[1]}.{parts[2]}"
+        if src not in state:
+            missing.append(src)
+        elif tuple(state[src].shape) != tuple(param.shape):
+            wrong.append(f"{src} {tuple(state[src].shape)} != {tuple(param.shape)}")
+        else:
+            mapped[name] = state[src]
+    if missing or wrong:
+        raise BackboneWeightsError(
+            f"{source} does not fit the LPIPS trunk: "
+            + (f"missing {', '.join(missing)}; " if missing else "")
+            + (f"wrong shapes {', '.join(wrong)}; " if wrong else "")
+            + "expected torchvision's ImageNet state dict with features.<i>.weight/bias keys")
+    trunk.load_state_dict(mapped, strict=True)
+
+
+def lpips(pred: torch.Tensor, target: torch.Tensor, net: str = "vgg", *,
+          device: str | torch.device | None = None, batch_size: int = 16) -> torch.Tensor:
+    """LPIPS distance per pair -> float64 (N,), >= 0 (0 for identical images). Lower is better.
+
+    ``pred``, ``target``: (N, 3, H, W) in [0, 1] (at least 16 px for VGG, 31 px for AlexNet).
+    They are handed to lpips with ``normalize=True``, which maps them to [-1, 1]. Runs without
+    gradients, ``batch_size`` pairs at a time on ``device`` (default :func:`get_device`).
+    Raises :class:`MetricUnavailable` when the trunk weights cannot be had.
+    """
+    net = _check_net(net)
+    col = _LPIPS_NETS[net][2]
+    p, t = _prepare(pred, target, metric=f"LPIPS-{net}", min_side=MIN_SIZE[col])
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    model = lpips_model(net, device)
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, p.shape[0], batch_size):
+            a = p[i:i + batch_size].to(dev, torch.float32)
+            b = t[i:i + batch_size].to(dev, torch.float32)
+            out.append(model(a, b, normalize=True).reshape(-1).to("cpu", torch.float64))
+    return torch.cat(out) if out else _empty()
+
+
+# --------------------------------------------------------------------------- identity
+def id_dist(pred: torch.Tensor, photos: torch.Tensor) -> torch.Tensor:
+    """Identity distance (dlib 128-d embeddings, Euclidean) of each prediction to its photo.
+
+    ``pred``: (N, 3, H, W) in [0, 1]; ``photos``: the N input photos (N, 3, H', W') in [0, 1],
+    sizes may differ, every side >= 16 px (the faces module's minimum).
+    Returns float64 (N,), NaN where a face is not found.
+    Raises :class:`MetricUnavailable` when :mod:`comicutils.faces` or its models are missing.
+    """
+    from .assets import AssetUnavailable
+
+    p = _as_batch(pred, "id_dist: pred")
+    ph = _as_batch(photos, "id_dist: photos")
+    if p.shape[0] != ph.shape[0]:
+        raise ImageError(f"id_dist: {p.shape[0]} predictions but {ph.shape[0]} photos "
+                         f"(pred {tuple(p.shape)}, photos {tuple(ph.shape)})")
+    if p.shape[0] == 0:
+        return _empty()
+    try:
+        from .faces import identity_distance
+    except ImportError as err:
+        raise MetricUnavailable(
+            f"id_dist n/a: comicutils.faces cannot be imported ({err})") from err
+    try:
+        out = identity_distance(p.clamp(0, 1), ph.clamp(0, 1), on_missing="nan")
+    except (AssetUnavailable, ImportError) as err:
+        raise MetricUnavailable(f"id_dist n/a: the dlib face models are not available "
+                                f"({type(err).__name__}: {err})") from err
+    return torch.as_tensor(out).detach().to("cpu", torch.float64).reshape(-1)
+
+
+# --------------------------------------------------------------------------- tables
+def _compute(metric: str, p, t, ph, *, device, batch_size) -> torch.Tensor:
+    if metric == "ssim":
+        return ssim(p, t)
+    if metric == "psnr":
+        return psnr(p, t)
+    if metric == "mse":
+        return mse(p, t)
+    if metric == "rmse":
+        return rmse(p, t)
+    if metric == "fsim":
+        return fsim(p, t)
+    if metric in ("lpips_vgg", "lpips_alex"):
+        return lpips(p, t, metric.split("_")[1], device=device, batch_size=batch_size)
+    if metric == "id_dist":
+        return id_dist(p, ph)
+    raise AssertionError(metric)  # pragma: no cover - names are checked before
+
+
+def score_pairs(preds: torch.Tensor, targets: torch.Tensor, *,
+                metrics: Sequence[str] | None = None, names: Sequence[str] | None = None,
+                photos: torch.Tensor | None = None, batch_size: int = 16,
+                device: str | torch.device | None = None, strict: bool | None = None):
+    """Score every (prediction, target) pair -> pandas DataFrame, one row per pair.
+
+    ``preds``, ``targets``: (N, 3, H, W) in [0, 1], same shape. ``photos``: the N input photos
+    (any size), needed by ``"id_dist"``. ``metrics``: names from :data:`METRICS`, in the order
+    wanted; default all of them (``"id_dist"`` only when ``photos`` is given). ``names``: row
+    labels (e.g. file stems), default 0..N-1; the index is called ``"pair"``.
+
+    Pairs are processed ``batch_size`` at a time to bound memory. A metric that cannot be
+    computed here (:class:`MetricUnavailable`, or images below its :data:`MIN_SIZE`) becomes a
+    NaN column and ``df.attrs["unavailable"][metric]`` says why. With ``strict=True`` --
+    the default in ``full`` mode -- it raises instead.
+    """
+    import pandas as pd
+
+    p, t = _validate_pair(preds, targets, metric="score_pairs")  # chunks are clamped later
+    n = p.shape[0]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    strict = (get_mode() == "full") if strict is None else bool(strict)
+
+    if metrics is None:
+        wanted = [m for m in METRICS if m != "id_dist" or photos is not None]
+    else:
+        wanted = [metrics] if isinstance(metrics, str) else list(metrics)
+        unknown = [m for m in wanted if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+        if len(set(wanted)) != len(wanted):
+            raise ValueError(f"metric listed twice: {wanted}")
+        if "id_dist" in wanted and photos is None:
+            raise ValueError("id_dist compares each prediction with its input photo: pass photos=")
+    ph = None
+    if photos is not None:
+        ph = _as_batch(photos, "score_pairs: photos")
+        if ph.shape[0] != n:
+            raise ImageError(f"score_pairs: {n} pairs but {ph.shape[0]} photos "
+                             f"(preds {tuple(p.shape)}, photos {tuple(ph.shape)})")
+    if names is None:
+        index = pd.RangeIndex(n, name="pair")
+    else:
+        labels = [str(x) for x in names]
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} names for {n} pairs")
+        if len(set(labels)) != n:
+            raise ValueError("names must be unique (they become the table's index)")
+        index = pd.Index(labels, name="pair")
+
+    unavailable: dict[str, str] = {}
+    for m in wanted:
+        side = MIN_SIZE.get(m)
+        shapes = [p.shape] + ([ph.shape] if m == "id_dist" else [])
+        small = [s for s in shapes if min(s[-2:]) < (side or 0)]
+        if n and small:
+            reason = (f"{m} n/a: needs images of at least {side}x{side} px; got "
+                      f"{small[0][-2]}x{small[0][-1]}")
+            if strict:
+                raise ImageError(reason)
+            unavailable[m] = reason
+
+    parts: dict[str, list[torch.Tensor]] = {m: [] for m in wanted}
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        for m in wanted:
+            if m in unavailable:
+                continue
+            try:
+                parts[m].append(_compute(m, p[sl], t[sl], None if ph is None else ph[sl],
+                                         device=device, batch_size=batch_size))
+            except MetricUnavailable as err:
+                if strict:
+                    raise
+                unavailable[m] = str(err)
+
+    columns = {}
+    for m in wanted:
+        if m in unavailable or not parts[m]:
+            columns[m] = np.full(n, np.nan)
+        else:
+            columns[m] = torch.cat(parts[m]).numpy()
+    df = pd.DataFrame(columns, index=index, columns=wanted, dtype="float64")
+    df.attrs["unavailable"] = dict(unavailable)
+    return df
+
+
+def summarize(df):
+    """Mean and std per metric over the pairs of a :func:`score_pairs` table -> DataFrame.
+
+    One row per metric; columns ``mean``, ``std`` (sample std, ddof=1), ``n`` (finite values
+    used), ``n_inf`` (infinite values), ``n_missing`` (NaN: e.g. no face found), ``note``.
+
+    The rule for infinities: PSNR is ``inf`` for an identical pair, which would make the mean
+    ``inf`` whatever the other pairs are. So mean and std are taken **over the finite values
+    only**, ``n_inf`` counts the pairs left out, and ``note`` says so; if every value is
+    ``inf`` the mean is ``inf``. A metric listed in ``df.attrs["unavailable"]`` shows
+    ``"n/a"`` as mean and std (those columns are then of object dtype) and its reason in
+    ``note``.
+    """
+    import pandas as pd
+
+    unavailable = dict(df.attrs.get("unavailable", {}))
+    rows = {}
+    for col in df.columns:
+        if col in unavailable:
+            rows[col] = {"mean": "n/a", "std": "n/a", "n": 0, "n_inf": 0,
+                         "n_missing": int(len(df)), "note": unavailable[col]}
+            continue
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+        finite = v[np.isfinite(v)]
+        n_inf = int(np.isinf(v).sum())
+        n_missing = int(np.isnan(v).sum())
+        if finite.size:
+            mean = float(finite.mean())
+        elif n_inf:
+            mean = math.copysign(math.inf, float(v[np.isinf(v)][0]))
+        else:
+            mean = math.nan
+        std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+        notes = []
+        if n_inf:
+            what = "identical pair(s), PSNR = inf" if col == "psnr" else "infinite value(s)"
+            notes.append(f"{n_inf} {what} left out of mean/std" if finite.size
+                         else f"all {n_inf} values infinite ({what})")
+        if n_missing:
+            notes.append(f"{n_missing} pair(s) without a value")
+        rows[col] = {"mean": mean, "std": std, "n": int(finite.size), "n_inf": n_inf,
+                     "n_missing": n_missing, "note": "; ".join(notes)}
+    out = pd.DataFrame.from_dict(rows, orient="index",
+                                 columns=["mean", "std", "n", "n_inf", "n_missing", "note"])
+    out.index.name = "metric"
+    out.attrs["unavailable"] = unavailable
+    return out

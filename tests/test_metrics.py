@@ -1,0 +1,348 @@
+"""Metrics: pinned values and ranges, input rejection, LPIPS loading without network, tables.
+
+Everything runs offline on tiny images; the LPIPS tests use a fake AlexNet trunk file.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from comicutils import assets, metrics
+from comicutils.images import ImageError, to_minus1_1
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def _fresh_lpips_cache():
+    """A fake-weight model cached by one test must never serve another."""
+    metrics.clear_lpips_cache()
+    yield
+    metrics.clear_lpips_cache()
+
+
+def smooth_images(n: int = 2, size: int = SIZE, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """Blurred noise: images with structure at several scales, values well inside [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size // 4, size // 4, generator=g, dtype=torch.float64)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = 0.7 * x + 0.3 * torch.rand(n, 3, size, size, generator=g, dtype=torch.float64)
+    return (0.05 + 0.85 * x).clamp(0, 0.9).to(dtype)
+
+
+def noisy(x: torch.Tensor, sigma: float, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (x + sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- pinned values
+def test_identical_images():
+    x = smooth_images(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PSNR = inf must not spam divide-by-zero warnings
+        s, p = metrics.ssim(x, x), metrics.psnr(x, x)
+    assert s.shape == (3,) and s.dtype == torch.float64
+    assert torch.allclose(s, torch.ones(3, dtype=torch.float64), atol=1e-12)
+    assert torch.isinf(p).all() and (p > 0).all()
+    assert torch.equal(metrics.mse(x, x), torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(metrics.rmse(x, x), torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_constant_offset_gives_exact_values(dtype, tol):
+    target = smooth_images(2, dtype=dtype)          # values <= 0.9: + 0.1 stays inside [0, 1]
+    pred = target + 0.1
+    assert float(pred.max()) <= 1.0
+    assert metrics.mse(pred, target).tolist() == pytest.approx([0.01, 0.01], abs=tol / 10)
+    assert metrics.rmse(pred, target).tolist() == pytest.approx([0.1, 0.1], abs=tol)
+    assert metrics.psnr(pred, target).tolist() == pytest.approx([20.0, 20.0], abs=tol * 10)
+
+
+def test_ssim_matches_direct_skimage_call_at_pinned_settings():
+    x = smooth_images(2)
+    y = noisy(x, 0.1)
+    ours = metrics.ssim(y, x)
+    for i in range(2):
+        a = x[i].permute(1, 2, 0).numpy()
+        b = y[i].permute(1, 2, 0).numpy()
+        direct = structural_similarity(a, b, data_range=1.0, channel_axis=-1)
+        assert float(ours[i]) == pytest.approx(direct, abs=1e-12)
+        # the settings matter: a Gaussian window gives a different number
+        gauss = structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True)
+        assert abs(gauss - direct) > 1e-3
+
+
+def test_ssim_and_psnr_decrease_monotonically_with_noise():
+    x = smooth_images(1)
+    sigmas = [0.0, 0.02, 0.05, 0.1, 0.2, 0.4]
+    batch = torch.cat([noisy(x, s) for s in sigmas])
+    ref = x.expand_as(batch)
+    s = metrics.ssim(batch, ref).tolist()
+    p = metrics.psnr(batch, ref).tolist()
+    assert s[0] == pytest.approx(1.0) and all(a > b for a, b in zip(s, s[1:])), s
+    assert math.isinf(p[0]) and all(a > b for a, b in zip(p, p[1:])), p
+
+
+# --------------------------------------------------------------------------- ranges
+def test_seed000_squashed_ground_truth_is_visible():
+    """The seed-000 bug: ground truth mapped into [0.5, 1] turns a good prediction into ~9 dB."""
+    target = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64)
+    pred = noisy(target, 0.02)
+    squashed = 0.5 + 0.5 * target                      # still inside [0, 1]: not an input error
+    good, bad = metrics.psnr(pred, target), metrics.psnr(pred, squashed)
+    assert (good > 30).all() and (bad < 12).all(), (good, bad)
+    assert (metrics.ssim(pred, squashed) < metrics.ssim(pred, target) - 0.2).all()
+    # the other way the range goes wrong, [-1, 1] data, is refused outright
+    for fn in (metrics.ssim, metrics.psnr, metrics.mse, metrics.rmse, metrics.fsim,
+               metrics.lpips):
+        with pytest.raises(ImageError, match=r"\[-1, 1\]"):
+            fn(to_minus1_1(pred), to_minus1_1(target))
+    with pytest.raises(ImageError, match=r"\[-1, 1\]"):
+        metrics.score_pairs(pred, to_minus1_1(target), metrics=["psnr"])
+
+
+@pytest.mark.parametrize("fn", [metrics.ssim, metrics.psnr, metrics.mse, metrics.fsim,
+                                metrics.lpips])
+def test_bad_inputs_are_rejected(fn):
+    x = smooth_images(1)
+    with pytest.raises(ImageError, match="255"):
+        fn(x * 255, x * 255)
+    with pytest.raises(ImageError, match="float"):
+        fn((x * 255).to(torch.uint8), (x * 255).to(torch.uint8))
+    with pytest.raises(ImageError, match="channels|shape"):
+        fn(x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1))      # NHWC by mistake
+    with pytest.raises(ImageError, match="shape"):
+        fn(x[0, 0], x[0, 0])
+    with pytest.raises(ImageError, match=r"\(1, 3, 32, 32\).*\(1, 3, 16, 16\)"):
+        fn(x, x[..., :16, :16])
+
+
+def test_single_image_accepted():
+    x = smooth_images(1)
+    assert metrics.mse(x[0], x[0]).shape == (1,)
+
+
+def test_fsim():
+    x = smooth_images(2)
+    same = metrics.fsim(x, x)
+    assert same.shape == (2,) and same.dtype == torch.float64
+    assert torch.allclose(same, torch.ones(2, dtype=torch.float64), atol=1e-6)
+    vals = [metrics.fsim(noisy(x, s), x) for s in (0.05, 0.2)]
+    for v in vals:
+        assert ((v > 0) & (v <= 1)).all() and (v < 0.9999).all(), v
+    assert (vals[1] < vals[0]).all()
+    with pytest.raises(ImageError, match="at least 7x7"):
+        metrics.fsim(x[..., :6, :6], x[..., :6, :6])
+
+
+# --------------------------------------------------------------------------- LPIPS offline
+@pytest.mark.parametrize("net, label", [("vgg", "LPIPS-VGG"), ("alex", "LPIPS-Alex")])
+def test_lpips_unavailable_offline(net, label):
+    x = smooth_images(1)
+    with pytest.raises(metrics.MetricUnavailable, match=f"{label} n/a.*not available offline"):
+        metrics.lpips(x, x, net=net)
+    with pytest.raises(metrics.MetricUnavailable):
+        metrics.lpips_model(net, "cpu")
+
+
+def test_score_pairs_marks_lpips_na_and_computes_the_rest():
+    x = smooth_images(3)
+    y = noisy(x, 0.05)
+    df = metrics.score_pairs(y, x)
+    assert list(df.columns) == [m for m in metrics.METRICS if m != "id_dist"]
+    for col in ("lpips_vgg", "lpips_alex"):
+        assert df[col].isna().all()
+        assert "n/a" in df.attrs["unavailable"][col]
+    for col in ("ssim", "psnr", "mse", "rmse", "fsim"):
+        assert np.isfinite(df[col]).all(), col
+        assert col not in df.attrs["unavailable"]
+    assert df["psnr"].tolist() == pytest.approx(metrics.psnr(y, x).tolist())
+
+
+def test_score_pairs_raises_in_full_mode(monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "full")
+    x = smooth_images(1)
+    with pytest.raises(metrics.MetricUnavailable):
+        metrics.score_pairs(x, x, metrics=["psnr", "lpips_vgg"])
+    df = metrics.score_pairs(x, x, metrics=["psnr", "lpips_vgg"], strict=False)
+    assert df["lpips_vgg"].isna().all()
+
+
+# --------------------------------------------------------------------------- LPIPS loading
+ALEX_FEATURES = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3),
+                 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
+
+
+def fake_alexnet_state() -> dict[str, torch.Tensor]:
+    """torchvision AlexNet ``features.*`` keys with random values (~2.5 M parameters)."""
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for i, shape in ALEX_FEATURES.items():
+        fan_in = shape[1] * shape[2] * shape[3]
+        state[f"features.{i}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2 / fan_in)
+        state[f"features.{i}.bias"] = torch.randn(shape[0], generator=g) * 0.01
+    return state
+
+
+@pytest.fixture
+def fake_alex(tmp_path, monkeypatch):
+    state = fake_alexnet_state()
+    path = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(state, path)
+    asked = []
+
+    def fake_fetch(name, **kwargs):
+        asked.append(name)
+        if name != "alexnet-imagenet":
+            raise assets.AssetUnavailable(f"{name} not in this test")
+        return path
+
+    monkeypatch.setattr(assets, "fetch", fake_fetch)
+    return state, path, asked
+
+
+def test_lpips_loads_trunk_from_the_asset_registry(fake_alex):
+    state, _, asked = fake_alex
+    model = metrics.lpips_model("alex", "cpu")
+    assert asked == ["alexnet-imagenet"]
+    trunk = dict(model.net.named_parameters())
+    assert len(trunk) == len(state) == 10
+    for name, param in trunk.items():
+        _, idx, kind = name.split(".")
+        assert torch.equal(param.detach(), state[f"features.{idx}.{kind}"]), name
+    # the linear heads are the calibrated ones shipped with lpips, not random
+    import lpips as lpips_pkg
+    heads = torch.load(Path(lpips_pkg.__file__).parent / "weights/v0.1/alex.pth",
+                       map_location="cpu", weights_only=True)
+    assert torch.equal(model.lin0.model[1].weight, heads["lin0.model.1.weight"])
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert metrics.lpips_model("alex", "cpu") is model and asked == ["alexnet-imagenet"]
+
+    x = smooth_images(3)
+    y = noisy(x, 0.1)
+    same, diff = metrics.lpips(x, x, net="alex", device="cpu"), metrics.lpips(y, x, net="alex",
+                                                                              device="cpu")
+    assert same.shape == diff.shape == (3,) and diff.dtype == torch.float64
+    assert torch.allclose(same, torch.zeros(3, dtype=torch.float64), atol=1e-7)
+    assert (diff > 1e-4).all()
+    # chunking does not change the numbers
+    chunked = metrics.lpips(y, x, net="alex", device="cpu", batch_size=2)
+    assert torch.allclose(chunked, diff, atol=1e-6)
+
+    df = metrics.score_pairs(y, x, metrics=["lpips_alex", "lpips_vgg"], device="cpu")
+    assert df["lpips_alex"].tolist() == pytest.approx(diff.tolist(), abs=1e-6)
+    assert df["lpips_vgg"].isna().all() and list(df.attrs["unavailable"]) == ["lpips_vgg"]
+    with pytest.raises(ImageError, match="at least 31x31"):
+        metrics.lpips(x[..., :24, :24], x[..., :24, :24], net="alex", device="cpu")
+
+
+@pytest.mark.parametrize("break_it, match", [
+    (lambda s: s.pop("features.8.bias"), "missing features.8.bias"),
+    (lambda s: s.update({"features.3.weight": torch.zeros(192, 64, 3, 3)}),
+     r"wrong shapes features.3.weight \(192, 64, 3, 3\)"),
+])
+def test_lpips_rejects_a_weight_file_that_does_not_fit(fake_alex, break_it, match):
+    state, path, _ = fake_alex
+    break_it(state)
+    torch.save(state, path)
+    with pytest.raises(metrics.BackboneWeightsError, match=match):
+        metrics.lpips_model("alex", "cpu")
+    with pytest.raises(metrics.BackboneWeightsError):      # not turned into NaN by tables
+        metrics.score_pairs(smooth_images(1), smooth_images(1), metrics=["lpips_alex"])
+
+
+def test_lpips_rejects_unknown_net():
+    with pytest.raises(ValueError, match="'vgg' or 'alex'"):
+        metrics.lpips_model("squeeze")
+
+
+# --------------------------------------------------------------------------- tables
+def test_score_pairs_table_layout():
+    x = smooth_images(5)
+    y = noisy(x, 0.05)
+    names = ["a", "b", "c", "d", "e"]
+    df = metrics.score_pairs(y, x, metrics=["psnr", "ssim", "mse"], names=names, batch_size=2)
+    assert list(df.columns) == ["psnr", "ssim", "mse"]
+    assert list(df.index) == names and df.index.name == "pair"
+    assert df.dtypes.eq("float64").all() and df.attrs["unavailable"] == {}
+    assert df["ssim"].tolist() == pytest.approx(metrics.ssim(y, x).tolist())
+    plain = metrics.score_pairs(y, x, metrics=["mse"])
+    assert list(plain.index) == list(range(5)) and plain.index.name == "pair"
+
+    with pytest.raises(ValueError, match="unknown metric"):
+        metrics.score_pairs(y, x, metrics=["psnr", "niqe"])
+    with pytest.raises(ValueError, match="photos="):
+        metrics.score_pairs(y, x, metrics=["id_dist"])
+    with pytest.raises(ValueError, match="4 names for 5 pairs"):
+        metrics.score_pairs(y, x, metrics=["mse"], names=names[:4])
+    with pytest.raises(ImageError, match=r"\(5, 3, 32, 32\).*\(4, 3, 32, 32\)"):
+        metrics.score_pairs(y, x[:4])
+
+
+def test_score_pairs_small_images_mark_size_limited_metrics():
+    x = smooth_images(2, size=20)
+    df = metrics.score_pairs(noisy(x, 0.05), x, metrics=["psnr", "ssim", "lpips_alex"])
+    assert np.isfinite(df[["psnr", "ssim"]]).all().all()
+    assert "31x31" in df.attrs["unavailable"]["lpips_alex"]
+    tiny = smooth_images(2, size=12)
+    df = metrics.score_pairs(tiny, tiny, metrics=["mse", "id_dist"], photos=x)
+    assert df["mse"].eq(0).all() and "16x16" in df.attrs["unavailable"]["id_dist"]
+    with pytest.raises(ImageError, match="at least 16x16"):
+        metrics.score_pairs(tiny, tiny, metrics=["mse", "id_dist"], photos=x, strict=True)
+
+
+def test_id_dist_without_faces_module(monkeypatch):
+    monkeypatch.setitem(sys.modules, "comicutils.faces", None)   # import now fails
+    x = smooth_images(2)
+    df = metrics.score_pairs(x, x, photos=x)
+    assert list(df.columns) == list(metrics.METRICS)
+    assert df["id_dist"].isna().all() and "id_dist n/a" in df.attrs["unavailable"]["id_dist"]
+    with pytest.raises(ImageError, match="2 predictions but 1 photos"):
+        metrics.id_dist(x, x[:1])
+
+
+def test_id_dist_column_with_faces_module():
+    pytest.importorskip("comicutils.faces")
+    x = smooth_images(2, size=64)                       # noise: no face anywhere
+    df = metrics.score_pairs(x, x, metrics=["mse", "id_dist"], photos=x)
+    assert list(df.columns) == ["mse", "id_dist"]
+    assert df["id_dist"].isna().all()                   # NaN per pair, or n/a with a reason
+    if "id_dist" in df.attrs["unavailable"]:
+        assert "id_dist n/a" in df.attrs["unavailable"]["id_dist"]
+
+
+def test_summarize_psnr_inf_rule_and_na():
+    df = pd.DataFrame({"psnr": [math.inf, 20.0, 30.0], "ssim": [1.0, 0.5, np.nan],
+                       "lpips_vgg": [np.nan] * 3}, index=pd.Index(["a", "b", "c"], name="pair"))
+    df.attrs["unavailable"] = {"lpips_vgg": "LPIPS-VGG n/a: weights not available offline"}
+    s = metrics.summarize(df)
+    assert list(s.index) == ["psnr", "ssim", "lpips_vgg"]
+    assert s.loc["psnr", "mean"] == pytest.approx(25.0)
+    assert s.loc["psnr", "std"] == pytest.approx(np.std([20.0, 30.0], ddof=1))
+    assert (s.loc["psnr", "n"], s.loc["psnr", "n_inf"]) == (2, 1)
+    assert "identical" in s.loc["psnr", "note"]
+    assert s.loc["ssim", "mean"] == pytest.approx(0.75) and s.loc["ssim", "n_missing"] == 1
+    assert s.loc["lpips_vgg", "mean"] == "n/a" and s.loc["lpips_vgg", "std"] == "n/a"
+    assert "offline" in s.loc["lpips_vgg", "note"]
+
+    all_identical = metrics.summarize(pd.DataFrame({"psnr": [math.inf, math.inf]}))
+    assert math.isinf(all_identical.loc["psnr", "mean"])
+    assert all_identical.loc["psnr", "n_inf"] == 2
+
+
+def test_summarize_of_real_table():
+    x = smooth_images(3)
+    y = torch.cat([x[:1], noisy(x[1:], 0.05)])          # first pair identical: PSNR inf
+    s = metrics.summarize(metrics.score_pairs(y, x, metrics=["psnr", "mse", "lpips_alex"]))
+    assert np.isfinite(s.loc["psnr", "mean"]) and s.loc["psnr", "n_inf"] == 1
+    assert s.loc["lpips_alex", "mean"] == "n/a"
