@@ -454,6 +454,7 @@ def _download(asset: Asset, target: Path, *, quiet: bool = False) -> None:
             raise ChecksumMismatch(
                 f"downloaded {asset.url} but its sha256 is {digest}, expected {expected}; "
                 "nothing was written to the cache.")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         _VERIFIED[_file_state(target)] = digest
         if expected is None:

@@ -307,6 +307,7 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, **pil_kwargs) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             pil.save(f, format=fmt, **pil_kwargs)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -114,24 +114,66 @@ def heatmap(matrix, labels: Sequence[str] | None = None, *, title: str = "", cma
     return fig
 
 
-def save_figure(fig, name: str, *, dpi: int = 110, stamp_mode: bool = True) -> Path:
-    """Save ``fig`` as ``<figures_dir>/<name>.png`` (atomically) and return the path.
+def save_figure(fig, name: str, *, dpi: int = 100, stamp_mode: bool = True) -> Path:
+    """Save ``fig`` to ``<figures_dir>/<name>`` atomically and return the path.
 
-    With ``stamp_mode`` the run mode is written in the corner, so a figure is never mistaken
-    for one made with other settings.
+    ``name`` may end in ``.png`` (default; plots) or ``.jpg`` (photo grids: several times
+    smaller). With ``stamp_mode`` the run mode is written in the corner, so a figure is never
+    mistaken for one made with other settings.
     """
     if not name or any(sep in name for sep in ("/", "\\")) or name.startswith("."):
         raise ValueError(f"figure name must be a plain file name, got {name!r}")
-    path = figures_dir() / (name if name.endswith(".png") else f"{name}.png")
+    suffix = Path(name).suffix.lower()
+    if suffix not in {".png", ".jpg"}:
+        name, suffix = f"{name}.png", ".png"
+    path = figures_dir() / name
     if stamp_mode:
         fig.text(0.995, 0.005, f"comicutils · {get_mode()} mode", ha="right", va="bottom",
                  fontsize=6, color="0.5")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        extra = {"pil_kwargs": {"quality": 88}} if suffix == ".jpg" else {}
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix[1:].replace("jpg", "jpeg"),
+                    **extra)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+_BOX_COLOURS = ("#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9")
+
+
+def show_detections(images: torch.Tensor, boxes: dict[str, Sequence[Sequence]],
+                    landmarks: Sequence | None = None, titles: Sequence[str] | None = None,
+                    *, ncols: int = 6, size: float = 2.0):
+    """Images (N, 3, H, W) with face boxes drawn per detector and optional 5-point landmarks.
+
+    ``boxes`` maps a detector name to one list of boxes per image; a box is anything with
+    ``left, top, right, bottom`` attributes (pixels). ``landmarks[i]`` is a (K, 2) array or None.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    fig = show_images(images, titles, ncols=ncols, size=size)
+    axes = [ax for ax in fig.axes if ax.images]
+    for d, (name, per_image) in enumerate(boxes.items()):
+        colour = _BOX_COLOURS[d % len(_BOX_COLOURS)]
+        for ax, bxs in zip(axes, per_image):
+            for b in bxs:
+                ax.add_patch(Rectangle((b.left, b.top), b.right - b.left, b.bottom - b.top,
+                                       fill=False, lw=1.5, ec=colour, ls="-" if d == 0 else "--"))
+    if landmarks is not None:
+        for ax, pts in zip(axes, landmarks):
+            if pts is not None:
+                pts = np.asarray(pts)
+                ax.scatter(pts[:, 0], pts[:, 1], s=6, c="#f03e3e", zorder=3)
+    handles = [Line2D([], [], color=_BOX_COLOURS[d % len(_BOX_COLOURS)], ls="-" if d == 0 else "--",
+                      label=name) for d, name in enumerate(boxes)]
+    if landmarks is not None:
+        handles.append(Line2D([], [], color="#f03e3e", marker="o", ls="", label="5 landmarks"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02))
+    return fig
