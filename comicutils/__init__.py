@@ -11,6 +11,7 @@ Modules, one concern each:
   augmentation, the CC0 portraits.
 * :mod:`comicutils.faces` - Haar and dlib face detection, 5-point alignment, identity embeddings.
 * :mod:`comicutils.metrics` - SSIM, PSNR, MSE, RMSE, FSIM, LPIPS, identity distance, tables.
+* :mod:`comicutils.taesd` - the taef2 tiny autoencoder (offline latent space and VGG stand-in).
 * :mod:`comicutils.viz` - figures saved to ``figures/``.
 
 Heavy modules are imported on first use, so ``import comicutils`` stays fast.
@@ -21,7 +22,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "viz", "course", "cli")
+_SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "taesd", "viz", "course", "cli")
 
 
 def __getattr__(name: str):
