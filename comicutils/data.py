@@ -104,6 +104,16 @@ def grid_pairs(grid: torch.Tensor, *, prefix: str, rows: int = 10, cols: int = 1
     return PairSet(keys, photos, comics)
 
 
+def grid_position(key: str) -> tuple[int, int]:
+    """Row and photo column of a grid pair key: ``grid_position("v2_r3c1") == (3, 1)``."""
+    try:
+        _, rc = key.rsplit("_r", 1)
+        r, c = rc.split("c")
+        return int(r), int(c)
+    except ValueError:
+        raise ValueError(f"{key!r} is not a grid pair key like 'v2_r3c1'") from None
+
+
 def face2comics_pairs(version: str = "v2", size: int | None = None) -> PairSet:
     """The 50 real pairs of a face2comics preview grid (offline mirror), optionally resized.
 

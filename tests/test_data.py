@@ -27,7 +27,7 @@ def test_grid_pairs_pair_r_c_with_r_c_plus_half():
     pairs = data.grid_pairs(_synthetic_grid(), prefix="t", rows=4, cols=4)
     assert len(pairs) == 8 and pairs.keys[:3] == ["t_r0c0", "t_r0c1", "t_r1c0"]
     for i, key in enumerate(pairs.keys):
-        r, c = int(key[3]), int(key[5])
+        r, c = data.grid_position(key)
         assert pairs.photos[i].unique().item() == pytest.approx((r * 4 + c) / 100)
         assert pairs.comics[i].unique().item() == pytest.approx((r * 4 + c + 2) / 100)
 
@@ -202,3 +202,9 @@ def test_portraits_and_astronaut(mirror):
     assert names == ["portrait-001", "portrait-030"] and t.shape == (2, 3, 32, 32)
     a = data.astronaut(48)
     assert a.shape == (1, 3, 48, 48) and 0 <= a.min() and a.max() <= 1
+
+
+def test_grid_position_parses_keys_and_rejects_others():
+    assert data.grid_position("v2_r9c4") == (9, 4)
+    with pytest.raises(ValueError, match="not a grid pair key"):
+        data.grid_position("portrait-001")
