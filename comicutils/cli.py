@@ -113,10 +113,75 @@ def _course(sub: argparse.ArgumentParser) -> Handler:
     return run
 
 
+def _stylize(sub: argparse.ArgumentParser) -> Handler:
+    # One entry per stylization method: name -> (help, add_arguments, run(photo, args) -> image).
+    # Later chapters add their method here; the photo is (1, 3, size, size) in [0, 1].
+    def nst_arguments(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("--method nst (Gatys neural style transfer, chapter 01)")
+        g.add_argument("--style", metavar="STYLE_IMAGE", help="the style image (required)")
+        g.add_argument("--steps", type=int, help="optimisation steps (default by mode: "
+                       "smoke 10, auto 300, full 500)")
+        g.add_argument("--style-weight", type=float, help="style weight beta (default per "
+                       "backbone, see comicutils.nst.DEFAULT_STYLE_WEIGHT)")
+        g.add_argument("--content-weight", type=float, default=1.0)
+        g.add_argument("--backbone", default="vgg16", help="vgg16 (default), vgg19, taef2, "
+                       "vgg16-random, vgg19-random; VGG falls back to taef2 offline (auto mode)")
+        g.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam")
+        g.add_argument("--lr", type=float, help="learning rate (adam 0.02, lbfgs 1.0)")
+        g.add_argument("--seed", type=int, default=0)
+
+    def nst_run(photo, args):
+        from . import nst
+        from .images import load_tensor
+        from .runtime import by_mode
+
+        if not args.style:
+            sub.error("--method nst needs --style STYLE_IMAGE")
+        if not hasattr(args, "_style_tensor"):
+            args._style_tensor = load_tensor(args.style, args.size)
+        steps = args.steps if args.steps is not None else by_mode(smoke=10, auto=300, full=500)
+        result = nst.stylize(photo, args._style_tensor, backbone=args.backbone, steps=steps,
+                             style_weight=args.style_weight, content_weight=args.content_weight,
+                             optimizer=args.optimizer, lr=args.lr, seed=args.seed)
+        return result.image
+
+    methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments,
+                       nst_run)}
+
+    sub.add_argument("photos", nargs="+", metavar="PHOTO", help="portrait photo(s)")
+    sub.add_argument("--method", default="nst", choices=sorted(methods),
+                     help="; ".join(f"{k}: {v[0]}" for k, v in methods.items()))
+    sub.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<stem>_<method>.png")
+    sub.add_argument("--size", type=int, default=256, help="square side in px (resize + crop)")
+    for _, add_arguments, _ in methods.values():
+        add_arguments(sub)
+
+    def run(args):
+        from pathlib import Path
+
+        from .images import ImageError, load_tensor, save_image
+
+        method = methods[args.method][2]
+        out_dir = Path(args.out)
+        for photo_path in args.photos:
+            try:
+                photo = load_tensor(photo_path, args.size)
+            except ImageError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            image = method(photo, args)
+            path = save_image(image, out_dir / f"{Path(photo_path).stem}_{args.method}.png")
+            print(path, flush=True)
+        return 0
+
+    return run
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {
     "info": ("mode, device, versions and folders", _info),
     "assets": ("list, fetch and verify downloadable files", _assets),
     "course": ("execute every notebook headless", _course),
+    "stylize": ("turn portrait photos into comics (--method nst, ...)", _stylize),
 }
 
 
