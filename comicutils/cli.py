@@ -7,6 +7,8 @@ Commands
 ``assets fetch NAME|--all``   get files into the cache (cache -> mirror -> download), verified
 ``assets verify``             check every file found in the cache or mirrors against its sha256
 ``course [--only 00 02]``     execute the notebooks in order (headless), write figures
+``stylize PHOTO --method nst``  stylize photos with a chapter's method
+``bench nst [--json F]``       timings on this machine (not tests)
 
 Each chapter adds its command (``stylize``, ``evaluate``, ``bench``) by adding an entry to
 ``COMMANDS``: a function that configures its sub-parser and returns the handler.
@@ -177,10 +179,24 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
     return run
 
 
+def _bench(sub: argparse.ArgumentParser) -> Handler:
+    from . import bench
+
+    what = sub.add_subparsers(dest="what", required=True, metavar="{nst}")
+    bench.add_nst_arguments(what.add_parser("nst", help="seconds per NST optimisation step"))
+    runners = {"nst": bench.run_nst}
+
+    def run(args):
+        return runners[args.what](args)
+
+    return run
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {
     "info": ("mode, device, versions and folders", _info),
     "assets": ("list, fetch and verify downloadable files", _assets),
     "course": ("execute every notebook headless", _course),
+    "bench": ("benchmarks (timings on this machine)", _bench),
     "stylize": ("turn portrait photos into comics (--method nst, ...)", _stylize),
 }
 

@@ -206,3 +206,15 @@ def test_cli_unknown_method_lists_methods(tmp_path, capsys):
                   str(tmp_path)])
     err = capsys.readouterr().err
     assert "magic" in err and "nst" in err
+
+
+def test_bench_nst_cli_writes_json(tmp_path, capsys):
+    import json
+
+    from comicutils.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "nst", "--sizes", "32", "--backbones", "vgg16-random", "--optimizers",
+                 "adam", "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["size"] == 32 and rows[0]["seconds_per_step"] > 0

@@ -1,6 +1,8 @@
-"""Seconds per NST optimisation step, per backbone, optimizer and image size (not a test).
+"""Benchmarks (not tests): ``python -m comicutils bench WHAT [options]``.
 
-    python benchmarks/bench_nst.py [--sizes 256 512] [--steps 5] [--warmup 2] [--json out.json]
+``bench nst``: seconds per NST optimisation step, per backbone, optimizer and image size.
+
+    python -m comicutils bench nst [--sizes 256 512] [--steps 5] [--warmup 2] [--json out.json]
 
 One step = one forward + backward pass through the feature network plus the optimiser update
 (LBFGS with max_iter=1, as in ``comicutils.nst.stylize``). The targets (content features,
@@ -17,14 +19,14 @@ import platform
 import statistics
 import time
 
-import torch
-
-from comicutils import nst
-
 
 def time_steps(backbone: str, optimizer: str, size: int, steps: int, warmup: int,
                device: str) -> float:
     """Median seconds of one ``stylize`` step (backbone's default layers)."""
+    import torch
+
+    from . import nst
+
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, size, size, generator=g)
     style = torch.rand(1, 3, size, size, generator=g)
@@ -36,8 +38,7 @@ def time_steps(backbone: str, optimizer: str, size: int, steps: int, warmup: int
     return statistics.median(times)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_nst_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--backbones", nargs="+", default=["taef2", "vgg16-random", "vgg19-random"])
     ap.add_argument("--optimizers", nargs="+", default=["adam", "lbfgs"])
@@ -45,7 +46,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", help="also write the rows to this JSON file")
-    args = ap.parse_args(argv)
+
+
+def run_nst(args: argparse.Namespace) -> int:
+    """Print (and optionally save as JSON) the NST step timings."""
+    import torch
+
 
     print(f"# NST seconds per step on {args.device} ({platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads); targets computed once; "
@@ -66,6 +72,3 @@ def main(argv=None) -> int:
                        "torch": torch.__version__, "rows": rows}, f, indent=1)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
