@@ -169,16 +169,19 @@ class Substitute:
 _SUBSTITUTES: list[Substitute] = []
 
 
-def substitute_banner(wanted: str, used: str, reason: str, *, show: bool = True) -> Substitute:
+def substitute_banner(wanted: str, used: str, reason: str, *, show: bool | str = True) -> Substitute:
     """Announce that ``used`` replaces ``wanted`` and remember it for :func:`substitutes_in_use`.
 
     In Jupyter the banner is an orange box; elsewhere one line on stdout (never hidden in a
-    log file). In ``full`` mode a substitute is not allowed: call sites raise instead.
+    log file). The same substitution is announced once per process (the first time it
+    happens; ``show="always"`` repeats it). In ``full`` mode a substitute is not allowed: call
+    sites raise instead.
     """
     sub = Substitute(wanted=wanted, used=used, reason=reason)
-    if sub not in _SUBSTITUTES:
+    new = sub not in _SUBSTITUTES
+    if new:
         _SUBSTITUTES.append(sub)
-    if show:
+    if show == "always" or (show and new):
         if _in_notebook():
             from IPython.display import display
 
@@ -191,6 +194,11 @@ def substitute_banner(wanted: str, used: str, reason: str, *, show: bool = True)
 def substitutes_in_use() -> list[Substitute]:
     """Every substitute announced in this process, in order (for tables and figure captions)."""
     return list(_SUBSTITUTES)
+
+
+def reset_substitutes() -> None:
+    """Forget the substitutes announced so far (the next one is shown again)."""
+    _SUBSTITUTES.clear()
 
 
 def _in_notebook() -> bool:

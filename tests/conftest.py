@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from comicutils import runtime
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MIRROR = REPO.parent / "shared" / "assets"
 
@@ -24,6 +26,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COMICUTILS_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("COMICUTILS_OFFLINE", "1")
     monkeypatch.setenv("COMICUTILS_FIGURES", str(tmp_path_factory.mktemp("figures")))
+    runtime.reset_substitutes()
 
 
 @pytest.fixture(scope="session")

@@ -84,3 +84,12 @@ def test_environment_report_names_mode_and_device():
     rep = runtime.environment_report()
     assert rep["mode"] == "smoke" and rep["device"] in {"cpu", "cuda", "mps"}
     assert "COMICUTILS_MIRROR" in rep
+
+
+def test_a_substitute_is_announced_once_per_process(capsys):
+    runtime.substitute_banner("X weights", "Y", "offline")
+    runtime.substitute_banner("X weights", "Y", "offline")
+    assert capsys.readouterr().out.count("SUBSTITUTE IN USE") == 1
+    runtime.substitute_banner("X weights", "Y", "offline", show="always")
+    assert "SUBSTITUTE IN USE" in capsys.readouterr().out
+    assert len(runtime.substitutes_in_use()) == 1
