@@ -385,6 +385,51 @@ def _image_dirs(root: Path) -> list[Path]:
     return sorted(out)
 
 
+# --------------------------------------------------------------------------- face datasets
+def build_face_dataset(sources, out_dir: str | os.PathLike, *, min_side: int = 256,
+                       out_size: int = 512, enlarge: float | None = None):
+    """Seed 003's data step: a folder of face crops built from arbitrary images.
+
+    ``sources``: a folder of images, or a list of image paths. For each image the largest
+    Haar face (scaleFactor 1.1, minNeighbors 4) is enlarged, kept if its side is at least
+    ``min_side`` px and resized to ``out_size`` (see :func:`comicutils.faces.crop_faces_haar`);
+    the crop is written as ``out_dir/<source stem>.png``. The folder is built in a temporary
+    folder beside ``out_dir`` and renamed into place at the end, so a failure leaves no
+    half-built dataset; an existing non-empty ``out_dir`` is an error.
+    Returns the :class:`~comicutils.faces.FaceCropReport` (ids = source stems).
+    """
+    from .faces import crop_faces_haar
+    from .images import save_image
+
+    if isinstance(sources, (str, os.PathLike)):
+        folder = Path(sources)
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        paths = [Path(p) for p in sources]
+    if not paths:
+        raise ImageError(f"no images to build a face dataset from ({sources})")
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise ValueError("source images must have distinct file names (stems)")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another folder")
+    report = crop_faces_haar({p.stem: p for p in paths}, min_side=min_side, out_size=out_size,
+                             enlarge=enlarge)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for key, crop in zip(report.kept, report.crops):
+            save_image(crop, tmp / f"{key}.png")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
 # --------------------------------------------------------------------------- unpaired photos
 PORTRAIT_NAMES = [f"portrait-{i:03d}" for i in range(1, 31)]
 

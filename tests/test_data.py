@@ -208,3 +208,29 @@ def test_grid_position_parses_keys_and_rejects_others():
     assert data.grid_position("v2_r9c4") == (9, 4)
     with pytest.raises(ValueError, match="not a grid pair key"):
         data.grid_position("portrait-001")
+
+
+def test_build_face_dataset_writes_crops_and_reports_skips(portrait_paths, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
+    out = tmp_path / "faces"
+    report = data.build_face_dataset([portrait_paths[0], blank], out, min_side=64, out_size=96)
+    assert report.kept == ["001"] and report.skipped == {"blank": "no face"}
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["001.png"]
+    from comicutils.images import load_tensor
+    assert load_tensor(out / "001.png").shape == (1, 3, 96, 96)
+    with pytest.raises(FileExistsError):
+        data.build_face_dataset([portrait_paths[0]], out)
+
+
+def test_build_face_dataset_leaves_nothing_after_a_failure(portrait_paths, tmp_path, monkeypatch):
+    import comicutils.images as images_mod
+
+    def fail(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(images_mod, "save_image", fail)
+    with pytest.raises(OSError):
+        data.build_face_dataset([portrait_paths[0]], tmp_path / "faces", min_side=64, out_size=64)
+    assert list(tmp_path.iterdir()) == []
