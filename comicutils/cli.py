@@ -8,7 +8,9 @@ Commands
 ``assets verify``             check every file found in the cache or mirrors against its sha256
 ``course [--only 00 02]``     execute the notebooks in order (headless), write figures
 ``stylize PHOTO --method nst``  stylize photos with a chapter's method
-``bench nst [--json F]``       timings on this machine (not tests)
+``stylize PHOTO --method pix2pix --checkpoint CKPT``  one pass of a trained generator
+``train-pix2pix --generator unet --data v2 --out CKPT``  train pix2pix (chapter 02-03)
+``bench nst|pix2pix [--json F]``  timings on this machine (not tests)
 
 Each chapter adds its command (``stylize``, ``evaluate``, ``bench``) by adding an entry to
 ``COMMANDS``: a function that configures its sub-parser and returns the handler.
@@ -147,14 +149,43 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
                              optimizer=args.optimizer, lr=args.lr, seed=args.seed)
         return result.image
 
+    def pix2pix_arguments(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("--method pix2pix (trained generator, chapters 02-03)")
+        g.add_argument("--checkpoint", metavar="CKPT", help="generator or trainer checkpoint "
+                       "from train-pix2pix / Pix2PixTrainer (required); sets the default --size")
+        g.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+
+    def pix2pix_generator(args):
+        from .pix2pix import load_generator
+        from .runtime import get_device
+
+        if not args.checkpoint:
+            sub.error("--method pix2pix needs --checkpoint CKPT")
+        if not hasattr(args, "_generator"):
+            args._generator = load_generator(args.checkpoint, device=get_device(args.device))
+        return args._generator
+
+    def pix2pix_run(photo, args):
+        from .pix2pix import translate
+
+        try:
+            return translate(pix2pix_generator(args), photo)
+        except ValueError as err:  # a --size the generator cannot take
+            sub.error(str(err))
+
     methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments,
-                       nst_run)}
+                       nst_run),
+               "pix2pix": ("a trained pix2pix generator (one forward pass)", pix2pix_arguments,
+                           pix2pix_run)}
+    # the square side a method works at when --size is not given
+    default_sizes = {"pix2pix": lambda args: int(pix2pix_generator(args).config["size"])}
 
     sub.add_argument("photos", nargs="+", metavar="PHOTO", help="portrait photo(s)")
     sub.add_argument("--method", default="nst", choices=sorted(methods),
                      help="; ".join(f"{k}: {v[0]}" for k, v in methods.items()))
     sub.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<stem>_<method>.png")
-    sub.add_argument("--size", type=int, default=256, help="square side in px (resize + crop)")
+    sub.add_argument("--size", type=int, default=None, help="square side in px (resize + crop); "
+                     "default 256, pix2pix: the checkpoint's training size")
     for _, add_arguments, _ in methods.values():
         add_arguments(sub)
 
@@ -164,6 +195,8 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         from .images import ImageError, load_tensor, save_image
 
         method = methods[args.method][2]
+        if args.size is None:
+            args.size = default_sizes.get(args.method, lambda a: 256)(args)
         out_dir = Path(args.out)
         for photo_path in args.photos:
             try:
@@ -182,12 +215,80 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
 def _bench(sub: argparse.ArgumentParser) -> Handler:
     from . import bench
 
-    what = sub.add_subparsers(dest="what", required=True, metavar="{nst}")
+    what = sub.add_subparsers(dest="what", required=True, metavar="{nst,pix2pix}")
     bench.add_nst_arguments(what.add_parser("nst", help="seconds per NST optimisation step"))
-    runners = {"nst": bench.run_nst}
+    bench.add_pix2pix_arguments(what.add_parser(
+        "pix2pix", help="pix2pix training steps/s and inference images/s"))
+    runners = {"nst": bench.run_nst, "pix2pix": bench.run_pix2pix}
 
     def run(args):
         return runners[args.what](args)
+
+    return run
+
+
+def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
+    sub.add_argument("--generator", choices=("unet", "ures9", "ures50"), default="unet")
+    sub.add_argument("--size", type=int, default=256, help="square side in px")
+    sub.add_argument("--ngf", type=int, help="generator width (unet/ures9; default 64)")
+    sub.add_argument("--epochs", type=int, default=20, help="epochs in total (seed 003: 20)")
+    sub.add_argument("--steps", type=int, help="stop after this many steps in total")
+    sub.add_argument("--batch-size", type=int, default=1, help="seed 003: 1")
+    sub.add_argument("--perceptual", choices=("mse", "mae", "none"), default="none",
+                     help="VGG-16 perceptual loss criterion (taef2 features offline)")
+    sub.add_argument("--backbone", default="vgg16", help="perceptual network (vgg16, taef2, ...)")
+    sub.add_argument("--lambda-l1", type=float, default=100.0)
+    sub.add_argument("--alpha", type=float, default=0.001, help="perceptual weight")
+    sub.add_argument("--lr", type=float, default=2e-4)
+    sub.add_argument("--gan-mode", choices=("vanilla", "lsgan"), default="vanilla")
+    sub.add_argument("--data", nargs="+", default=["v2"], metavar="SRC",
+                     help="v2 or v1 (face2comics preview, train split) or PHOTO_DIR COMIC_DIR "
+                          "(paired by basename, same seeded split)")
+    sub.add_argument("--no-augment", action="store_true", help="no JointAugment")
+    sub.add_argument("--no-resume", action="store_true", help="ignore an existing --out file")
+    sub.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--out", required=True, metavar="CKPT", help="trainer checkpoint file "
+                     "(also what stylize --checkpoint takes)")
+
+    def run(args):
+        from . import data, metrics, pix2pix
+        from .runtime import seed_everything
+
+        seed_everything(args.seed)
+        augment = None if args.no_augment else data.JointAugment()
+        if len(args.data) == 1 and args.data[0] in data.GRID_ASSETS:
+            train, test = data.train_test_pairs(data.face2comics_pairs(args.data[0], args.size))
+            dataset = data.PairDataset(train, augment=augment, seed=args.seed)
+        elif len(args.data) == 2:
+            folder = data.PairedFolder(*args.data, size=args.size, augment=augment)
+            train_keys, test_keys = data.split_keys(folder.keys)
+            dataset = folder.subset(train_keys)
+            test = data.PairedFolder(*args.data, size=args.size, keys=test_keys).to_pairset()
+        else:
+            sub.error("--data takes v2, v1, or PHOTO_DIR COMIC_DIR")
+        kw = {"ngf": args.ngf} if args.ngf and args.generator != "ures50" else {}
+        generator = pix2pix.build_generator(args.generator, args.size, **kw)
+        perceptual = None if args.perceptual == "none" else pix2pix.PerceptualLoss(
+            args.backbone, args.perceptual)
+        trainer = pix2pix.Pix2PixTrainer(
+            generator, pix2pix.PatchDiscriminator(), perceptual=perceptual,
+            lambda_l1=args.lambda_l1, alpha=args.alpha, lr=args.lr, gan_mode=args.gan_mode,
+            device=args.device)
+        print(f"{args.generator} ({pix2pix.count_parameters(generator) / 1e6:.1f} M params) at "
+              f"{args.size} px on {trainer.device}: {len(dataset)} train pairs, {len(test)} "
+              f"held out", flush=True)
+        trainer.train(dataset, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+                      checkpoint=args.out, resume=not args.no_resume, seed=args.seed)
+        pred = pix2pix.translate(trainer.generator, test.photos)
+        rows = [("pix2pix", pred), ("photo (identity)", test.photos)]
+        print(f"held-out ({len(test)} pairs) after {trainer.step} steps, {trainer.epoch} epochs:")
+        for label, p in rows:
+            l1 = (p - test.comics).abs().mean().item()
+            s = metrics.ssim(p, test.comics).mean().item()
+            print(f"  {label:<17} SSIM {s:.3f}  L1 {l1:.4f}")
+        print(args.out)
+        return 0
 
     return run
 
@@ -197,7 +298,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = 
     "assets": ("list, fetch and verify downloadable files", _assets),
     "course": ("execute every notebook headless", _course),
     "bench": ("benchmarks (timings on this machine)", _bench),
-    "stylize": ("turn portrait photos into comics (--method nst, ...)", _stylize),
+    "stylize": ("turn portrait photos into comics (--method nst, pix2pix)", _stylize),
+    "train-pix2pix": ("train a pix2pix generator on paired photos and comics", _train_pix2pix),
 }
 
 

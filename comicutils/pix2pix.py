@@ -1,0 +1,796 @@
+"""pix2pix for photo -> comic: generators, PatchGAN, losses and a trainer (chapters 02 and 03).
+
+Seed 003 (Arcane pix2pix) trains a conditional GAN on aligned (photo, comic) pairs:
+
+* a **generator** G maps a photo to a comic: the pix2pix U-Net, a U-Net with 9 residual
+  blocks in its bridge (U-Res9), or a U-Net whose encoder is an ImageNet ResNet-50 (U-Res50);
+* a **PatchGAN discriminator** D sees ``cat(photo, comic)`` and gives one real/fake logit
+  per 70 x 70 patch;
+* the generator minimises seed eq. 1, ``total = adv + ALPHA * perc + LAMBDA * l1`` with
+  LAMBDA = 100, ALPHA = 0.001 (``perc``: VGG-16 feature distance, MSE or MAE), D minimises
+  ``0.5 * (BCE(D(x, y), 1) + BCE(D(x, G(x)), 0))``; Adam(2e-4, betas (0.5, 0.999)), batch 1.
+
+Value ranges
+------------
+Images cross module boundaries in [0, 1] (the course convention). **All networks here work
+in [-1, 1]**: generators map (N, 3, H, W) in [-1, 1] to (N, 3, H, W) in [-1, 1] (Tanh
+output), D takes [-1, 1] photos and comics. The conversion happens in two places only:
+:func:`translate` (inference) and :meth:`Pix2PixTrainer.train_step` (training).
+:func:`generator_loss` hands the perceptual network its [0, 1] view of the images.
+
+BatchNorm and dropout follow the module's mode: :func:`translate` switches the generator to
+``eval()`` explicitly (running BatchNorm statistics, no dropout) and restores the mode after.
+
+Sections: helpers -- generators -- discriminator -- losses -- inference and files -- trainer.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import assets
+from .images import check_image_tensor
+from .runtime import get_device, progress
+
+__all__ = [
+    "GENERATORS", "PERCEPTUAL_LAYERS", "CHECKPOINT_FORMAT",
+    "UNetGenerator", "ResidualBlock", "UResNetGenerator", "UResNet50Generator",
+    "build_generator", "count_parameters",
+    "PatchDiscriminator", "patch_layer_specs", "receptive_field", "patch_output_size",
+    "GANLoss", "PerceptualLoss", "generator_loss", "discriminator_loss",
+    "translate", "save_generator", "load_generator", "Pix2PixTrainer",
+]
+
+CHECKPOINT_FORMAT = "comicutils.pix2pix/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- helpers
+def _to_model(images01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> [-1, 1] network input (a new tensor; the input is untouched)."""
+    return images01 * 2.0 - 1.0
+
+
+def _to_image(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] network output -> [0, 1] (not clamped: keeps gradients; Tanh stays inside)."""
+    return (x + 1.0) / 2.0
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (only those with ``requires_grad`` if asked)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _check_input(model: nn.Module, x: torch.Tensor, multiple: int) -> None:
+    """ValueError naming the allowed sizes unless x is (N, 3, H, W) with H, W multiples of
+    ``multiple``."""
+    name = type(model).__name__
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{name} expects images (N, 3, H, W) in [-1, 1]; got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple or h == 0 or w == 0:
+        raise ValueError(
+            f"{name} (config {model.config}) halves the image {int(math.log2(multiple))} "
+            f"times, so H and W must be positive multiples of {multiple} (e.g. {multiple}, "
+            f"{2 * multiple} or {4 * multiple} px); got {h}x{w}. Resize first, e.g. "
+            f"comicutils.images.resize(x, {model.config.get('size', multiple)}).")
+
+
+def _down(c_in: int, c_out: int, *, norm: bool, act: nn.Module) -> nn.Sequential:
+    """4x4 stride-2 convolution (halves H, W) [+ BatchNorm] + activation."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)]
+    if norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    return nn.Sequential(*layers, act)
+
+
+def _up(c_in: int, c_out: int, *, dropout: float = 0.0) -> nn.Sequential:
+    """4x4 stride-2 transposed convolution (doubles H, W) + BatchNorm [+ dropout] + ReLU."""
+    layers: list[nn.Module] = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                               nn.BatchNorm2d(c_out)]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
+
+
+def _run_unet(x: torch.Tensor, downs: nn.ModuleList, bridge: nn.Module, ups: nn.ModuleList,
+              final: nn.Module) -> torch.Tensor:
+    """Encoder -> bridge -> decoder; decoder level k is concatenated with encoder level k."""
+    skips = []
+    for layer in downs:
+        x = layer(x)
+        skips.append(x)
+    skips.pop()                                   # the deepest level feeds the bridge only
+    x = bridge(x)
+    for layer in ups:
+        x = torch.cat([layer(x), skips.pop()], dim=1)
+    return final(x)
+
+
+# --------------------------------------------------------------------------- generators
+class UNetGenerator(nn.Module):
+    """The pix2pix U-Net: ``log2(size)`` 4x4 stride-2 downsamplings to a 1x1 bottleneck.
+
+    ``forward(x)``: (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) in [-1, 1] (Tanh). H and W must be
+    multiples of ``size`` (128 -> 7 levels, 256 -> 8, 512 -> 9: seed 003 added a level for
+    512 px); anything else is a ValueError naming the allowed sizes.
+
+    Encoder level i has ``ngf * min(2**i, 8)`` channels (64, 128, 256, 512, 512, ... at
+    ngf=64): Conv 4x4/2 + BatchNorm + LeakyReLU(0.2); no BatchNorm on the first level nor on the
+    1x1 bottleneck (a batch of one 1x1 map has no spread to normalise), whose activation is
+    ReLU. Decoder: ConvTranspose 4x4/2 + BatchNorm + ReLU, dropout ``dropout`` in the three
+    innermost decoder blocks (pix2pix's noise source), each output concatenated with the
+    encoder map of the same size (skip connection); last: ConvTranspose to 3 channels + Tanh.
+    About 54 M parameters at 256 px and ngf=64 (41 M at 128 px).
+    """
+
+    def __init__(self, size: int = 256, ngf: int = 64, dropout: float = 0.5):
+        super().__init__()
+        if not isinstance(size, int) or size < 4 or size & (size - 1):
+            raise ValueError(f"UNetGenerator size must be a power of two >= 4 (128, 256, 512); "
+                             f"got {size!r}")
+        self.config = {"name": "unet", "size": size, "ngf": ngf, "dropout": dropout}
+        self.n_downs = int(math.log2(size))
+        chans = [ngf * min(2 ** i, 8) for i in range(self.n_downs)]
+        self.downs = nn.ModuleList()
+        c_in = 3
+        for i, c in enumerate(chans):
+            inner = i == self.n_downs - 1
+            act = nn.ReLU(inplace=False) if inner else nn.LeakyReLU(0.2, inplace=False)
+            self.downs.append(_down(c_in, c, norm=0 < i < self.n_downs - 1, act=act))
+            c_in = c
+        self.ups = nn.ModuleList()
+        for k, j in enumerate(range(self.n_downs - 1, 0, -1)):     # innermost first
+            c_in = chans[j] if j == self.n_downs - 1 else 2 * chans[j]
+            self.ups.append(_up(c_in, chans[j - 1], dropout=dropout if k < 3 else 0.0))
+        self.final = nn.Sequential(nn.ConvTranspose2d(2 * chans[0], 3, 4, 2, 1), nn.Tanh())
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** self.n_downs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x, self.multiple)
+        return _run_unet(x, self.downs, nn.Identity(), self.ups, self.final)
+
+
+def _same_conv4(channels: int) -> nn.Sequential:
+    """4x4 stride-1 convolution with TensorFlow 'same' padding (1 before, 2 after)."""
+    return nn.Sequential(nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(channels, channels, 4, bias=False))
+
+
+class ResidualBlock(nn.Module):
+    """Seed 003's U-Res9 block: ``ReLU(x + BN(conv(ReLU(BN(conv(x))))))``, 4x4 'same' convs.
+
+    (N, C, H, W) -> (N, C, H, W). The seed names two 4x4 'same' convolutions, BatchNorm after
+    each, the sum with the input and a final ReLU; the ReLU between the two convolutions is
+    the usual residual-block choice (the seed does not say).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(_same_conv4(channels), nn.BatchNorm2d(channels),
+                                  nn.ReLU(inplace=True),
+                                  _same_conv4(channels), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class UResNetGenerator(nn.Module):
+    """U-Res9: a U-Net with ``n_blocks`` residual blocks in its bridge (seed 003, after [7]).
+
+    ``forward(x)``: (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) in [-1, 1]; H, W multiples of
+    ``2**n_downs`` (16 by default).
+
+    Depth: the encoder stops at 1/16 resolution (``n_downs=4``: 8x8 at 128 px, 16x16 at 256 px)
+    so the 4x4 convolutions of the blocks still see spatial context (on the pix2pix U-Net's
+    1x1 bottleneck they would reduce to 1x1 convolutions). Channels ``ngf * min(2**i,
+    max_mult)``: 64, 128, 256, 256, so the nine blocks hold 256 channels (19 M parameters;
+    512 channels would make them 75 M). Encoder and decoder levels are those of
+    :class:`UNetGenerator` (same skips); ``dropout`` (default off) in the decoder blocks.
+    ``size`` is the training size, recorded in ``config`` and checked to fit.
+    """
+
+    def __init__(self, n_blocks: int = 9, ngf: int = 64, *, size: int = 256, n_downs: int = 4,
+                 max_mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        if n_downs < 1 or size % (2 ** n_downs):
+            raise ValueError(f"UResNetGenerator: size must be a multiple of 2**n_downs = "
+                             f"{2 ** n_downs}; got size={size}")
+        self.config = {"name": "ures9", "size": size, "n_blocks": n_blocks, "ngf": ngf,
+                       "n_downs": n_downs, "max_mult": max_mult, "dropout": dropout}
+        self.n_downs = n_downs
+        chans = [ngf * min(2 ** i, max_mult) for i in range(n_downs)]
+        self.downs = nn.ModuleList()
+        c_in = 3
+        for i, c in enumerate(chans):
+            self.downs.append(_down(c_in, c, norm=i > 0, act=nn.LeakyReLU(0.2)))
+            c_in = c
+        self.bridge = nn.Sequential(*[ResidualBlock(chans[-1]) for _ in range(n_blocks)])
+        self.ups = nn.ModuleList()
+        for j in range(n_downs - 1, 0, -1):
+            c_in = chans[j] if j == n_downs - 1 else 2 * chans[j]
+            self.ups.append(_up(c_in, chans[j - 1], dropout=dropout))
+        self.final = nn.Sequential(nn.ConvTranspose2d(2 * chans[0], 3, 4, 2, 1), nn.Tanh())
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** self.n_downs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x, self.multiple)
+        return _run_unet(x, self.downs, self.bridge, self.ups, self.final)
+
+
+class _UpBlock(nn.Module):
+    """ConvTranspose 4x4/2 + BN + ReLU, concatenate the skip, Conv 3x3 + BN + ReLU."""
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int):
+        super().__init__()
+        self.up = _up(c_in, c_out)
+        self.fuse = nn.Sequential(nn.Conv2d(c_out + c_skip, c_out, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.up(x), skip], dim=1))
+
+
+class UResNet50Generator(nn.Module):
+    """U-Res50: torchvision's ResNet-50 as the encoder of a U-Net (seed 003, Fig. 3).
+
+    ``forward(x)``: (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) in [-1, 1]; H, W multiples of 32.
+    Inside, x is mapped to [0, 1] and ImageNet-normalised for the encoder. Encoder maps: conv1
+    (1/2, 64 ch), layer1 (1/4, 256), layer2 (1/8, 512), layer3 (1/16, 1024), layer4 (1/32,
+    2048). Decoder: 1x1 conv 2048 -> 512, then five up blocks (ConvTranspose 4x4/2, concatenate
+    layer3, layer2, layer1, conv1 and finally the input image, Conv 3x3 + BN + ReLU) to 16
+    channels at full size, Conv 3x3 -> 3, Tanh. About 31 M parameters (23.5 M encoder).
+
+    ``pretrained=True`` loads ImageNet weights into the encoder (asset ``resnet50-imagenet``,
+    ``torch.load(weights_only=True)``, strict except the classifier ``fc.*``). Offline in
+    smoke/auto mode the encoder stays random and the substitute banner says so; in full mode a
+    missing file raises :class:`~comicutils.assets.AssetUnavailable`. ``self.weights`` says
+    which: ``"ImageNet"``, ``"random (substitute)"`` or ``"random"``.
+    """
+
+    multiple = 32
+
+    def __init__(self, pretrained: bool = True, *, size: int = 256):
+        super().__init__()
+        from torchvision.models import resnet50
+
+        if size % 32:
+            raise ValueError(f"UResNet50Generator: size must be a multiple of 32; got {size}")
+        self.config = {"name": "ures50", "size": size, "pretrained": bool(pretrained)}
+        path = None
+        if pretrained:  # first, so that full mode fails before building anything
+            path = assets.fetch_or_substitute(
+                "resnet50-imagenet", wanted="ResNet-50 ImageNet weights",
+                substitute="randomly initialised ResNet-50 encoder")
+        enc = resnet50(weights=None)
+        del enc.fc, enc.avgpool                      # the classifier is not used
+        self.encoder = enc
+        self.weights = "random (substitute)" if pretrained else "random"
+        if path is not None:
+            self.load_encoder_weights(path)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.bridge = nn.Sequential(nn.Conv2d(2048, 512, 1, bias=False), nn.BatchNorm2d(512),
+                                    nn.ReLU(inplace=True))
+        self.ups = nn.ModuleList([_UpBlock(512, 1024, 256), _UpBlock(256, 512, 128),
+                                  _UpBlock(128, 256, 64), _UpBlock(64, 64, 32),
+                                  _UpBlock(32, 3, 16)])
+        self.final = nn.Sequential(nn.Conv2d(16, 3, 3, padding=1), nn.Tanh())
+
+    def load_encoder_weights(self, path: str | os.PathLike) -> None:
+        """Load a torchvision ResNet-50 state dict (``fc.*`` ignored) strictly into the encoder."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
+                                     strict=True)
+        self.weights = "ImageNet"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x, self.multiple)
+        e = self.encoder
+        h = (_to_image(x) - self.mean) / self.std
+        c1 = e.relu(e.bn1(e.conv1(h)))               # 1/2
+        l1 = e.layer1(e.maxpool(c1))                 # 1/4
+        l2 = e.layer2(l1)                            # 1/8
+        l3 = e.layer3(l2)                            # 1/16
+        y = self.bridge(e.layer4(l3))                # 1/32
+        for block, skip in zip(self.ups, (l3, l2, l1, c1, x)):
+            y = block(y, skip)
+        return self.final(y)
+
+
+GENERATORS = {"unet": UNetGenerator, "ures9": UResNetGenerator, "ures50": UResNet50Generator}
+
+
+def build_generator(name: str, size: int = 256, **kw: Any) -> nn.Module:
+    """``"unet"`` (pix2pix U-Net), ``"ures9"`` (U-Res9) or ``"ures50"`` (U-Res50) for ``size`` px.
+
+    Keyword arguments go to the class (e.g. ``ngf=8`` for a tiny test model).
+    """
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; choose from {', '.join(GENERATORS)}")
+    return GENERATORS[name](size=size, **kw)
+
+
+# --------------------------------------------------------------------------- discriminator
+def patch_layer_specs(n_layers: int = 3) -> list[tuple[int, int]]:
+    """(kernel, stride) of the PatchGAN's convolutions: ``n_layers`` x (4, 2), then (4, 1) twice.
+
+    Every convolution has padding 1. :class:`PatchDiscriminator` is built from this list.
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1; got {n_layers}")
+    return [(4, 2)] * n_layers + [(4, 1), (4, 1)]
+
+
+def receptive_field(n_layers: int = 3) -> int:
+    """Side in px of the input patch that one output logit sees: 70 for 3 layers.
+
+    From the last layer back: ``r <- (r - 1) * stride + kernel`` starting at r = 1, so
+    n_layers = 2, 3, 4 give 34, 70, 142.
+    """
+    r = 1
+    for kernel, stride in reversed(patch_layer_specs(n_layers)):
+        r = (r - 1) * stride + kernel
+    return r
+
+
+def patch_output_size(size: int, n_layers: int = 3) -> int:
+    """Side of D's logit map for a ``size`` px input: ``(s + 2 - 4) // stride + 1`` per layer.
+
+    n_layers=3: 256 -> 30 (the classic 30 x 30 patches), 128 -> 14, 512 -> 62.
+    """
+    for kernel, stride in patch_layer_specs(n_layers):
+        size = (size + 2 - kernel) // stride + 1
+    return size
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: one real/fake logit per overlapping ``receptive_field(n_layers)`` px patch.
+
+    ``forward(photo, comic)``: two (N, 3, H, W) tensors in [-1, 1], concatenated on channels
+    (D judges the *pair*: is this comic the photo's comic?) -> logits (N, 1, h, w) with
+    h = :func:`patch_output_size` (30 x 30 at 256 px). Layers from :func:`patch_layer_specs`:
+    channels ``ndf * min(2**i, 8)``, BatchNorm on all but the first and the last convolution,
+    LeakyReLU(0.2), no sigmoid (the losses take logits).
+    """
+
+    def __init__(self, in_channels: int = 6, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "ndf": ndf, "n_layers": n_layers}
+        specs = patch_layer_specs(n_layers)
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i, (kernel, stride) in enumerate(specs):
+            last = i == len(specs) - 1
+            c_out = 1 if last else ndf * min(2 ** i, 8)
+            norm = 0 < i < len(specs) - 1
+            layers.append(nn.Conv2d(c_in, c_out, kernel, stride, 1, bias=not norm))
+            if norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            if not last:
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+            c_in = c_out
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, photo: torch.Tensor, comic: torch.Tensor) -> torch.Tensor:
+        if photo.shape != comic.shape:
+            raise ValueError(f"photo {tuple(photo.shape)} and comic {tuple(comic.shape)} differ")
+        return self.net(torch.cat([photo, comic], dim=1))
+
+
+# --------------------------------------------------------------------------- losses
+class GANLoss(nn.Module):
+    """Adversarial loss on logits: ``"vanilla"`` (BCE with logits, pix2pix) or ``"lsgan"`` (MSE).
+
+    ``loss(logits, real)`` compares every patch logit with 1 (``real=True``) or 0; mean over
+    patches and batch. Vanilla at logit 0 is log 2 = 0.693 for either label.
+    """
+
+    def __init__(self, mode: str = "vanilla"):
+        super().__init__()
+        if mode not in ("vanilla", "lsgan"):
+            raise ValueError(f"gan mode must be 'vanilla' or 'lsgan'; got {mode!r}")
+        self.mode = mode
+
+    def forward(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.full_like(logits, 1.0 if real else 0.0)
+        if self.mode == "vanilla":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.mse_loss(logits, target)
+
+
+PERCEPTUAL_LAYERS: dict[str, tuple[str, ...]] = {
+    "vgg16": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),   # four maps, as seed 003
+    "vgg19": ("relu1_2", "relu2_2", "relu3_4", "relu4_4"),
+    "taef2": ("block1", "block5", "block9", "block13"),
+}
+PERCEPTUAL_LAYERS["vgg16-random"] = PERCEPTUAL_LAYERS["vgg16"]
+PERCEPTUAL_LAYERS["vgg19-random"] = PERCEPTUAL_LAYERS["vgg19"]
+
+
+class PerceptualLoss(nn.Module):
+    """Feature distance of a frozen network: ``sum_l crit(phi_l(pred), phi_l(target))``.
+
+    ``pred``, ``target``: (N, 3, H, W) in [0, 1] (H, W multiples of 8 for taef2); ``crit`` is
+    the mean squared (``criterion="mse"``) or mean absolute (``"mae"``) difference over all
+    elements of layer l; the target's features carry no gradient. Returns a scalar.
+
+    ``backbone``: a name of :data:`comicutils.nst.BACKBONES`, resolved by
+    :func:`comicutils.nst.resolve_backbone` (offline, VGG falls back to the pretrained taef2
+    encoder with the substitute banner; full mode raises), or any module mapping images to
+    ``{layer: features}`` (then give ``layers``). Default layers: :data:`PERCEPTUAL_LAYERS`
+    of the network that actually runs (after a fallback, VGG layer names are replaced by
+    taef2's). The network is frozen and stays in eval mode. ``self.info`` is its
+    :class:`~comicutils.nst.BackboneInfo`.
+    """
+
+    def __init__(self, backbone: str | nn.Module = "vgg16", criterion: str = "mse",
+                 layers: Iterable[str] | None = None):
+        super().__init__()
+        from . import nst
+
+        if criterion not in ("mse", "mae"):
+            raise ValueError(f"criterion must be 'mse' or 'mae'; got {criterion!r}")
+        self.criterion = criterion
+        if isinstance(backbone, nn.Module):
+            if not layers:
+                raise ValueError("a custom backbone module needs layers=[...]")
+            name = type(backbone).__name__
+            self.info = nst.BackboneInfo(name, name, "custom")
+            self.layers = tuple(layers)
+            self.net = backbone
+        else:
+            self.info = nst.resolve_backbone(backbone)
+            if layers is None or self.info.substitute:
+                layers = PERCEPTUAL_LAYERS[self.info.used]
+            self.layers = tuple(layers)
+            self.net = nst.load_backbone(self.info, self.layers)
+        self.net.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        super().train(mode)
+        self.net.eval()                           # a measuring network: BN/dropout fixed
+        return self
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        dist = F.mse_loss if self.criterion == "mse" else F.l1_loss
+        fp = self.net(pred)
+        with torch.no_grad():
+            ft = self.net(target)
+        return torch.stack([dist(fp[k], ft[k]) for k in self.layers]).sum()
+
+
+def generator_loss(d_fake_logits: torch.Tensor, fake: torch.Tensor, target: torch.Tensor, *,
+                   gan_loss: GANLoss, perceptual: PerceptualLoss | None = None,
+                   lambda_l1: float = 100.0, alpha: float = 0.001) -> dict[str, torch.Tensor]:
+    """Seed 003 eq. 1: ``total = adv + alpha * perc + lambda_l1 * l1``.
+
+    ``d_fake_logits``: D(photo, fake); ``fake``, ``target``: (N, 3, H, W) in [-1, 1].
+    ``adv`` = gan_loss(d_fake_logits, real=True) (G wants D to say "real"); ``l1`` = mean
+    |fake - target| in [-1, 1] units (twice the [0, 1] error); ``perc`` = perceptual(fake01,
+    target01) on the [0, 1] images, 0 without a perceptual loss. Returns scalar tensors
+    ``{"adv", "l1", "perc", "total"}``.
+    """
+    adv = gan_loss(d_fake_logits, True)
+    l1 = F.l1_loss(fake, target)
+    if perceptual is not None:
+        perc = perceptual(_to_image(fake), _to_image(target))
+    else:
+        perc = fake.new_zeros(())
+    return {"adv": adv, "l1": l1, "perc": perc, "total": adv + alpha * perc + lambda_l1 * l1}
+
+
+def discriminator_loss(d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor,
+                       gan_loss: GANLoss) -> torch.Tensor:
+    """``0.5 * (gan_loss(D(x, y), real) + gan_loss(D(x, G(x)), fake))``: pix2pix halves D's
+    objective so D learns at half the generator's rate."""
+    return 0.5 * (gan_loss(d_real_logits, True) + gan_loss(d_fake_logits, False))
+
+
+# --------------------------------------------------------------------------- inference and files
+@torch.no_grad()
+def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Photos -> comics with a trained generator, in eval mode.
+
+    ``images01``: (N, 3, H, W) or (3, H, W) in [0, 1] (not modified). Returns a CPU tensor of
+    the same shape in [0, 1]. The generator runs in ``eval()`` mode (running BatchNorm
+    statistics, no dropout) on its own device, ``batch_size`` images at a time; its previous
+    mode is restored afterwards.
+    """
+    single = images01.ndim == 3
+    x = check_image_tensor(images01.unsqueeze(0) if single else images01, "translate input")
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+    try:
+        outs = [_to_image(generator(_to_model(chunk.to(device, torch.float32)))).clamp(0, 1).cpu()
+                for chunk in x.split(batch_size)]
+    finally:
+        generator.train(was_training)
+    out = torch.cat(outs)
+    return out[0] if single else out
+
+
+def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_generator(generator: nn.Module, path: str | os.PathLike) -> Path:
+    """Save ``{"format", "generator": state dict, "config": {"generator": config}}`` atomically."""
+    return _atomic_save({"format": CHECKPOINT_FORMAT, "generator": generator.state_dict(),
+                         "config": {"generator": dict(generator.config)}}, path)
+
+
+def load_generator(path: str | os.PathLike, name: str | None = None, size: int | None = None,
+                   *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild and load a generator from :func:`save_generator` or a trainer checkpoint.
+
+    The file is read with ``torch.load(weights_only=True)``. ``name``/``size`` may be omitted
+    (the file's config says); given, they must agree with it. A bare state dict needs both.
+    U-Res50 is rebuilt without fetching ImageNet weights (the file holds them). Returns the
+    generator in eval mode on ``device``.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, Mapping) and "generator" in ckpt:
+        state = ckpt["generator"]
+        config = dict(ckpt.get("config", {}).get("generator", {}))
+    else:
+        state, config = ckpt, {}
+    for key, given in (("name", name), ("size", size)):
+        if given is not None and key in config and config[key] != given:
+            raise ValueError(f"{path} holds a {config.get('name')} generator at "
+                             f"{config.get('size')} px, not {key}={given!r}")
+        if given is not None:
+            config[key] = given
+    if "name" not in config or "size" not in config:
+        raise ValueError(f"{path} has no generator config: pass name= and size=")
+    kwargs = {k: v for k, v in config.items() if k not in ("name", "size")}
+    if config["name"] == "ures50":
+        kwargs["pretrained"] = False
+    generator = build_generator(config["name"], config["size"], **kwargs)
+    generator.config.update(config)
+    generator.load_state_dict(state, strict=True)
+    return generator.to(device).eval()
+
+
+# --------------------------------------------------------------------------- trainer
+def _sample_photos(sample_pairs) -> torch.Tensor | None:
+    """Photos (N, 3, H, W) in [0, 1] from a PairSet, a (photos, comics) tuple or a tensor."""
+    if sample_pairs is None:
+        return None
+    if hasattr(sample_pairs, "photos"):
+        return sample_pairs.photos
+    if isinstance(sample_pairs, (tuple, list)):
+        return sample_pairs[0]
+    if isinstance(sample_pairs, Mapping):
+        return sample_pairs["photo"]
+    return sample_pairs
+
+
+class Pix2PixTrainer:
+    """Trains a generator and a PatchGAN with seed 003's Algorithm 1 (D step, then G step).
+
+    ``generator``, ``discriminator``: modules from this file (any module with a ``config``
+    dict). ``perceptual``: a :class:`PerceptualLoss` or None. ``lambda_l1``, ``alpha``: the
+    weights of eq. 1. Adam(``lr``, ``betas``) for each network. ``device`` defaults to
+    :func:`comicutils.runtime.get_device`.
+
+    State: ``step`` (optimiser steps done), ``epoch`` (complete epochs), ``history`` (one dict
+    per step: step, epoch, d, g_total, g_adv, g_l1, g_perc; ``pandas.DataFrame(history)``
+    plots the curves), ``samples`` ({epoch: (N, 3, H, W) in [0, 1]} generator outputs on the
+    fixed sample photos; 0 = before training).
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, *,
+                 perceptual: PerceptualLoss | None = None, lambda_l1: float = 100.0,
+                 alpha: float = 0.001, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
+                 gan_mode: str = "vanilla", device: str | torch.device | None = None):
+        self.device = get_device(str(device) if device is not None else None)
+        self.generator = generator.to(self.device)
+        self.discriminator = discriminator.to(self.device)
+        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
+        self.gan_loss = GANLoss(gan_mode)
+        self.lambda_l1, self.alpha = float(lambda_l1), float(alpha)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=tuple(betas))
+        self.step, self.epoch = 0, 0
+        self.history: list[dict[str, float]] = []
+        self.samples: dict[int, torch.Tensor] = {}
+        self.config = {
+            "generator": dict(getattr(generator, "config", {})),
+            "discriminator": dict(getattr(discriminator, "config", {})),
+            "trainer": {"lambda_l1": self.lambda_l1, "alpha": self.alpha, "lr": float(lr),
+                        "betas": [float(b) for b in betas], "gan_mode": gan_mode,
+                        "perceptual": None if perceptual is None else
+                        f"{perceptual.info.label()} {perceptual.criterion}"},
+        }
+
+    # one step ------------------------------------------------------------------
+    def train_step(self, photo01: torch.Tensor, comic01: torch.Tensor) -> dict[str, float]:
+        """One D update then one G update on a batch; photos and comics (N, 3, H, W) in [0, 1].
+
+        Appends and returns the history row. A non-finite loss raises ``FloatingPointError``
+        before any weight is changed by it.
+        """
+        G, D = self.generator, self.discriminator
+        photo = _to_model(photo01.to(self.device, torch.float32))
+        comic = _to_model(comic01.to(self.device, torch.float32))
+        G.train()
+        D.train()
+        fake = G(photo)
+
+        # D step: real pair -> 1, generated pair -> 0 (fake detached: G is not updated here)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d = discriminator_loss(D(photo, comic), D(photo, fake.detach()), self.gan_loss)
+        self._guard(loss_d, "discriminator loss")
+        loss_d.backward()
+        self.opt_d.step()
+
+        # G step: fool the updated D, stay close to the target (L1, perceptual)
+        self.opt_g.zero_grad(set_to_none=True)
+        D.requires_grad_(False)
+        try:
+            parts = generator_loss(D(photo, fake), fake, comic, gan_loss=self.gan_loss,
+                                   perceptual=self.perceptual, lambda_l1=self.lambda_l1,
+                                   alpha=self.alpha)
+            self._guard(parts["total"], "generator loss", parts)
+            parts["total"].backward()
+        finally:
+            D.requires_grad_(True)
+        self.opt_g.step()
+
+        self.step += 1
+        row = {"step": self.step, "epoch": self.epoch + 1, "d": loss_d.item(),
+               "g_total": parts["total"].item(), "g_adv": parts["adv"].item(),
+               "g_l1": parts["l1"].item(), "g_perc": parts["perc"].item()}
+        self.history.append(row)
+        return row
+
+    def _guard(self, loss: torch.Tensor, what: str, parts: dict | None = None) -> None:
+        if torch.isfinite(loss).all():
+            return
+        terms = "" if parts is None else " (" + ", ".join(
+            f"{k} {v.item():.4g}" for k, v in parts.items()) + ")"
+        raise FloatingPointError(
+            f"pix2pix {what} became {loss.item()} at step {self.step + 1} (epoch "
+            f"{self.epoch + 1}){terms}. Lower the learning rate (now "
+            f"{self.config['trainer']['lr']}), check the inputs are images in [0, 1], or resume "
+            f"from the last checkpoint.")
+
+    # the loop --------------------------------------------------------------------
+    def train(self, dataset, *, epochs: int | None = None, steps: int | None = None,
+              batch_size: int = 1, sample_pairs=None, checkpoint: str | os.PathLike | None = None,
+              resume: bool = True, show_progress: bool = True, seed: int = 0) -> list[dict]:
+        """Train until ``epochs`` complete epochs and/or ``steps`` optimiser steps *in total*.
+
+        ``dataset``: a :class:`comicutils.data.PairDataset` (or any map-style dataset of
+        ``{"photo", "comic"}`` dicts, (3, H, W) in [0, 1]); augmentation belongs to the dataset
+        (:class:`comicutils.data.JointAugment`), whose ``epoch`` is set before each epoch.
+        Batches are reshuffled each epoch with ``seed + epoch``. Counts include what an earlier
+        call or a resumed checkpoint did, so re-running the same call after an interruption
+        finishes the run. With both limits, training stops at the first one reached.
+
+        ``sample_pairs``: fixed photos (PairSet, (photos, comics) or a tensor in [0, 1]) whose
+        translations are kept in ``samples[epoch]`` after every epoch. ``checkpoint``: a file
+        written atomically after every epoch and at the end; with ``resume=True`` an existing
+        one is loaded first (step count, history, both networks and optimisers). Returns
+        ``history``.
+        """
+        from torch.utils.data import DataLoader
+
+        if epochs is None and steps is None:
+            raise ValueError("give epochs=, steps= or both")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if checkpoint is not None and resume and Path(checkpoint).is_file():
+            self.load_checkpoint(checkpoint)
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("the dataset is empty")
+        per_epoch = math.ceil(n / batch_size)
+
+        def done() -> bool:
+            return ((epochs is not None and self.epoch >= epochs)
+                    or (steps is not None and self.step >= steps))
+
+        total = math.inf
+        if epochs is not None:
+            total = self.step + max(0, epochs - self.epoch) * per_epoch
+        if steps is not None:
+            total = min(total, max(steps, self.step))
+        photos = _sample_photos(sample_pairs)
+        if photos is not None and 0 not in self.samples and self.step == 0:
+            self.samples[0] = translate(self.generator, photos)
+        name = self.config["generator"].get("name", "G")
+        bar = progress(total=int(total), initial=self.step, desc=f"pix2pix {name}",
+                       **({} if show_progress else {"disable": True}))
+        try:
+            while not done():
+                if hasattr(dataset, "epoch"):
+                    dataset.epoch = self.epoch
+                order = torch.Generator().manual_seed(seed + self.epoch)
+                loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
+                finished = True
+                for batch in loader:
+                    if steps is not None and self.step >= steps:
+                        finished = False
+                        break
+                    row = self.train_step(batch["photo"], batch["comic"])
+                    bar.update(1)
+                    bar.set_postfix(d=f"{row['d']:.3f}", g=f"{row['g_total']:.3f}",
+                                    l1=f"{row['g_l1']:.3f}", refresh=False)
+                if not finished:
+                    break
+                self.epoch += 1
+                if photos is not None:
+                    self.samples[self.epoch] = translate(self.generator, photos)
+                if checkpoint is not None:
+                    self.save_checkpoint(checkpoint)
+        finally:
+            bar.close()
+        if checkpoint is not None:
+            self.save_checkpoint(checkpoint)
+        return self.history
+
+    # files -----------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything needed to resume, as plain tensors, numbers, strings, lists and dicts."""
+        return {"format": CHECKPOINT_FORMAT, "generator": self.generator.state_dict(),
+                "discriminator": self.discriminator.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "step": self.step, "epoch": self.epoch, "history": list(self.history),
+                "config": self.config}
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`state` atomically (temp file + ``os.replace``)."""
+        return _atomic_save(self.state(), path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore networks, optimisers, step, epoch and history (``weights_only=True``).
+
+        The checkpoint's generator and discriminator configs must equal this trainer's.
+        """
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} trainer checkpoint")
+        for part in ("generator", "discriminator"):
+            theirs = dict(ckpt["config"].get(part, {}))
+            if theirs != self.config[part]:
+                raise ValueError(f"{path} was trained with {part} {theirs}, this trainer has "
+                                 f"{self.config[part]}; use another checkpoint file or "
+                                 f"resume=False")
+        self.generator.load_state_dict(ckpt["generator"])
+        self.discriminator.load_state_dict(ckpt["discriminator"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self.history = [dict(r) for r in ckpt["history"]]
+
+    def save_generator(self, path: str | os.PathLike) -> Path:
+        """The generator alone (for ``stylize --method pix2pix``): see :func:`save_generator`."""
+        return save_generator(self.generator, path)
