@@ -18,7 +18,8 @@ and reported PSNR 8.9 dB. Every metric here depends on the value range, so the r
 ``psnr``       ``skimage.metrics.peak_signal_noise_ratio`` with ``data_range=1.0``, in dB:
                ``10 log10(1 / MSE)``. Identical images give ``inf`` (no warning).
 ``mse``        mean over C, H, W of the squared difference of [0, 1] values.
-``rmse``       ``sqrt(mse)``, in [0, 1] units.
+``rmse``       ``sqrt(mse)``, in [0, 1] units (seed 003 reports it in [0, 255] units).
+``mae``        mean absolute difference of [0, 1] values (pix2pix's L1).
 ``fsim``       ``piq.fsim(..., data_range=1.0, chromatic=True, reduction='none')`` (FSIMc).
                1 = identical; in (0, 1] otherwise. Needs both sides >= 7 px: piq itself only
                fails (NaN) at 1 px, but its finest log-Gabor filter has a 6 px wavelength,
@@ -56,16 +57,16 @@ from .runtime import get_device, get_mode
 __all__ = [
     "METRICS", "HIGHER_IS_BETTER", "MIN_SIZE", "SSIM_SETTINGS",
     "MetricUnavailable", "BackboneWeightsError",
-    "ssim", "psnr", "mse", "rmse", "fsim", "lpips", "lpips_model", "clear_lpips_cache",
+    "ssim", "psnr", "mse", "rmse", "mae", "fsim", "lpips", "lpips_model", "clear_lpips_cache",
     "id_dist", "score_pairs", "summarize",
 ]
 
-METRICS: tuple[str, ...] = ("ssim", "psnr", "mse", "rmse", "fsim", "lpips_vgg", "lpips_alex",
-                            "id_dist")
+METRICS: tuple[str, ...] = ("ssim", "psnr", "mse", "rmse", "mae", "fsim", "lpips_vgg",
+                            "lpips_alex", "id_dist")
 """Every metric :func:`score_pairs` knows, in table-column order."""
 
 HIGHER_IS_BETTER: dict[str, bool] = {
-    "ssim": True, "psnr": True, "mse": False, "rmse": False, "fsim": True,
+    "ssim": True, "psnr": True, "mse": False, "rmse": False, "mae": False, "fsim": True,
     "lpips_vgg": False, "lpips_alex": False, "id_dist": False,
 }
 
@@ -182,6 +183,13 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Root mean squared error, ``sqrt(mse)`` -> float64 (N,), in [0, 1]."""
     return mse(pred, target).sqrt()
+
+
+def mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error (the L1 of pix2pix) over C, H, W of [0, 1] values -> float64 (N,)."""
+    p, t = _prepare(pred, target, metric="MAE")
+    diff = p.detach().to("cpu", torch.float64) - t.detach().to("cpu", torch.float64)
+    return diff.abs().mean(dim=(1, 2, 3)) if diff.shape[0] else _empty()
 
 
 def fsim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -369,6 +377,8 @@ def _compute(metric: str, p, t, ph, *, device, batch_size) -> torch.Tensor:
         return mse(p, t)
     if metric == "rmse":
         return rmse(p, t)
+    if metric == "mae":
+        return mae(p, t)
     if metric == "fsim":
         return fsim(p, t)
     if metric in ("lpips_vgg", "lpips_alex"):

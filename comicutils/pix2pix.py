@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -313,6 +314,41 @@ class UResNet50Generator(nn.Module):
 
 
 GENERATORS = {"unet": UNetGenerator, "ures9": UResNetGenerator, "ures50": UResNet50Generator}
+
+_STAGE_PATTERN = re.compile(r"^(downs\.\d+|encoder\.(conv1|layer[1-4])|bridge|ups\.\d+|final)$")
+
+
+def stage_shapes(generator: nn.Module, size: int = 128):
+    """Trace one (1, 3, size, size) input through a generator's stages -> pandas DataFrame.
+
+    One row per stage in execution order (encoder levels, bridge, decoder levels, output) with
+    its output resolution, channels and parameter count: the data of an architecture diagram.
+    Decoder rows show the channels *before* the skip concatenation.
+    """
+    import pandas as pd
+
+    rows = []
+    modules = {name: m for name, m in generator.named_modules() if _STAGE_PATTERN.match(name)}
+
+    def hook(name):
+        def record(module, inputs, output):
+            part = ("encoder" if name.startswith(("downs", "encoder")) else
+                    "decoder" if name.startswith(("ups", "final")) else "bridge")
+            rows.append({"stage": name, "part": part, "resolution": int(output.shape[-1]),
+                         "channels": int(output.shape[1]), "parameters": count_parameters(module)})
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    was_training = generator.training
+    try:
+        generator.eval()
+        with torch.no_grad():
+            generator(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+        generator.train(was_training)
+    return pd.DataFrame(rows)
 
 
 def build_generator(name: str, size: int = 256, **kw: Any) -> nn.Module:

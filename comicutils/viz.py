@@ -177,3 +177,31 @@ def show_detections(images: torch.Tensor, boxes: dict[str, Sequence[Sequence]],
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
                bbox_to_anchor=(0.5, -0.02))
     return fig
+
+
+def architecture_diagram(stages, *, title: str = "", size: float = 0.55):
+    """Draw a U-shaped diagram from :func:`comicutils.pix2pix.stage_shapes`.
+
+    Each stage is a bar whose height is log2 of its resolution (so the U shows the
+    down- and up-sampling) labelled with its channels; colours mark encoder, bridge, decoder.
+    """
+    plt = _plt()
+    colours = {"encoder": "#1c7ed6", "bridge": "#e8590c", "decoder": "#2f9e44"}
+    n = len(stages)
+    fig, ax = plt.subplots(figsize=(max(6.0, size * n), 3.2))
+    for i, row in enumerate(stages.itertuples()):
+        h = np.log2(max(row.resolution, 1)) + 1
+        ax.bar(i, h, color=colours.get(row.part, "0.5"), width=0.8)
+        ax.text(i, h + 0.1, f"{row.channels}", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.text(i, 0.15, f"{row.resolution}", ha="center", va="bottom", fontsize=6, color="w",
+                rotation=90)
+    ax.set_xticks(range(n), list(stages["stage"]), rotation=90, fontsize=7)
+    ax.set_yticks([])
+    ax.set_ylabel("resolution (log scale)")
+    for part, c in colours.items():
+        ax.bar(0, 0, color=c, label=part)
+    ax.legend(fontsize=7, loc="upper center", ncol=3, frameon=False)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
+    ax.set_title(title + " (numbers: channels above, resolution inside)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -346,3 +346,10 @@ def test_summarize_of_real_table():
     s = metrics.summarize(metrics.score_pairs(y, x, metrics=["psnr", "mse", "lpips_alex"]))
     assert np.isfinite(s.loc["psnr", "mean"]) and s.loc["psnr", "n_inf"] == 1
     assert s.loc["lpips_alex", "mean"] == "n/a"
+
+
+def test_mae_is_the_mean_absolute_difference():
+    x = torch.full((2, 3, 8, 8), 0.5)
+    y = x.clone()
+    y[0] += 0.2
+    assert torch.allclose(metrics.mae(y, x), torch.tensor([0.2, 0.0], dtype=torch.float64))

@@ -341,3 +341,17 @@ def test_cli_bench_pix2pix_writes_json(tmp_path):
     row = json.loads(path.read_text())["rows"][0]
     assert row["generator"] == "unet" and row["train_s_per_step_b1"] > 0
     assert row["infer_images_per_s"] > 0
+
+
+def test_stage_shapes_trace_the_u(tmp_path):
+    from comicutils import viz
+
+    g = pix2pix.build_generator("unet", size=64, ngf=4)
+    table = pix2pix.stage_shapes(g, 64)
+    enc = table[table.part == "encoder"]
+    assert list(enc.resolution) == [32, 16, 8, 4, 2, 1]       # log2(64) downsamplings
+    assert table.iloc[-1].resolution == 64 and table.iloc[-1].channels == 3
+    assert table.parameters.sum() == pix2pix.count_parameters(g)
+    assert g.training                                          # mode restored
+    fig = viz.architecture_diagram(table, title="U-Net")
+    assert len(fig.axes) == 1
