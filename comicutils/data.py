@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,6 +31,7 @@ from torch.utils.data import Dataset
 
 from . import assets
 from .images import ImageError, load_tensor, resize, to_tensor
+from .runtime import atomic_dir
 
 GRID_ASSETS = {"v2": "face2comics-v2-preview", "v1": "face2comics-v1-preview"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -338,21 +337,12 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     if dest.is_dir() and any(dest.iterdir()):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        with tarfile.open(archive) as tar:
-            for m in tar.getmembers():
-                target = (tmp / m.name).resolve()
-                if m.issym() or m.islnk() or not str(target).startswith(str(tmp.resolve())):
-                    raise ValueError(f"refusing unsafe member {m.name!r} in {archive}")
-            tar.extractall(tmp)
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(dest) as tmp, tarfile.open(archive) as tar:
+        for m in tar.getmembers():
+            target = (tmp / m.name).resolve()
+            if m.issym() or m.islnk() or not str(target).startswith(str(tmp.resolve())):
+                raise ValueError(f"refusing unsafe member {m.name!r} in {archive}")
+        tar.extractall(tmp)
     return dest
 
 
@@ -416,17 +406,9 @@ def build_face_dataset(sources, out_dir: str | os.PathLike, *, min_side: int = 2
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another folder")
     report = crop_faces_haar({p.stem: p for p in paths}, min_side=min_side, out_size=out_size,
                              enlarge=enlarge)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for key, crop in zip(report.kept, report.crops):
             save_image(crop, tmp / f"{key}.png")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 

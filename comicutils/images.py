@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -298,20 +297,14 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, **pil_kwargs) -> Path:
                              "(use make_grid first)")
         x = x[0]
     pil = to_pil(x)
+    from .runtime import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"unknown image format for {path.name}; use .png, .jpg or .webp")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **pil_kwargs)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format=fmt, **pil_kwargs)
     return path
 
 

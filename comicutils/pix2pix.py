@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -38,7 +37,7 @@ from torch import nn
 
 from . import assets
 from .images import check_image_tensor
-from .runtime import get_device, progress
+from .runtime import atomic_path, get_device, progress
 
 __all__ = [
     "GENERATORS", "PERCEPTUAL_LAYERS", "CHECKPOINT_FORMAT",
@@ -563,17 +562,9 @@ def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8)
 
 def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temp file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def save_generator(generator: nn.Module, path: str | os.PathLike) -> Path:

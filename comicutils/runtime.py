@@ -15,11 +15,14 @@ The mode comes from the environment variable ``COMICUTILS_MODE``.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import platform
 import random
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
@@ -208,6 +211,50 @@ def _in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Write a file all-or-nothing: ``with atomic_path(p) as tmp: write(tmp)``.
+
+    Yields a temporary path beside ``path`` (same folder, so the final rename is atomic);
+    when the block succeeds the file is made world-readable and renamed to ``path``; when it
+    raises, the temporary file is deleted and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Build a folder all-or-nothing: ``with atomic_dir(d) as tmp: fill(tmp)``.
+
+    ``path`` must not exist or be empty. The folder is built as a temporary sibling and
+    renamed into place when the block succeeds; on failure the temporary folder is removed.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # --------------------------------------------------------------------------- paths

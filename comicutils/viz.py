@@ -7,7 +7,6 @@ smoke mode so CI never overwrites the README's figures).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from .images import check_image_tensor, to_numpy
-from .runtime import figures_dir, get_mode
+from .runtime import atomic_path, figures_dir, get_mode
 
 
 def _plt():
@@ -130,17 +129,10 @@ def save_figure(fig, name: str, *, dpi: int = 100, stamp_mode: bool = True) -> P
     if stamp_mode:
         fig.text(0.995, 0.005, f"comicutils · {get_mode()} mode", ha="right", va="bottom",
                  fontsize=6, color="0.5")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        extra = {"pil_kwargs": {"quality": 88}} if suffix == ".jpg" else {}
+    extra = {"pil_kwargs": {"quality": 88}} if suffix == ".jpg" else {}
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix[1:].replace("jpg", "jpeg"),
                     **extra)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 _BOX_COLOURS = ("#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9")

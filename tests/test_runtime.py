@@ -93,3 +93,29 @@ def test_a_substitute_is_announced_once_per_process(capsys):
     runtime.substitute_banner("X weights", "Y", "offline", show="always")
     assert "SUBSTITUTE IN USE" in capsys.readouterr().out
     assert len(runtime.substitutes_in_use()) == 1
+
+
+def test_atomic_path_writes_all_or_nothing(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    with runtime.atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert target.read_text() == "done"
+    with pytest.raises(RuntimeError):
+        with runtime.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "done" and sorted(p.name for p in target.parent.iterdir()) == ["f.txt"]
+
+
+def test_atomic_dir_builds_all_or_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with runtime.atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("x")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with runtime.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "a").write_text("x")
+    assert (tmp_path / "d" / "a").read_text() == "x"
+    with pytest.raises(FileExistsError):
+        with runtime.atomic_dir(tmp_path / "d"):
+            pass
