@@ -538,23 +538,45 @@ def discriminator_loss(d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor,
 
 # --------------------------------------------------------------------------- inference and files
 @torch.no_grad()
-def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Photos -> comics with a trained generator, in eval mode.
+def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8, *,
+              norm_stats: str = "running") -> torch.Tensor:
+    """Photos -> comics with a trained generator; dropout off, BatchNorm statistics explicit.
 
     ``images01``: (N, 3, H, W) or (3, H, W) in [0, 1] (not modified). Returns a CPU tensor of
-    the same shape in [0, 1]. The generator runs in ``eval()`` mode (running BatchNorm
-    statistics, no dropout) on its own device, ``batch_size`` images at a time; its previous
-    mode is restored afterwards.
+    the same shape in [0, 1]. ``norm_stats``:
+
+    * ``"running"`` - plain ``eval()``: BatchNorm uses the statistics averaged during training;
+    * ``"image"`` - the pix2pix paper's inference (Isola et al., sec. 3.3): BatchNorm normalises
+      each image with its own statistics, exactly as in training at batch size 1 (instance
+      normalisation); images run one at a time and the stored running statistics are not
+      changed. Dropout stays off in both, so the output is deterministic.
+
+    The generator's previous mode is restored afterwards.
     """
+    if norm_stats not in ("running", "image"):
+        raise ValueError(f"norm_stats must be 'running' or 'image'; got {norm_stats!r}")
     single = images01.ndim == 3
     x = check_image_tensor(images01.unsqueeze(0) if single else images01, "translate input")
     device = next(generator.parameters()).device
     was_training = generator.training
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
     generator.eval()
+    if norm_stats == "image":
+        batch_size = 1
+        for m in norms:
+            m.train()          # batch statistics of the one image ...
+            m.momentum = 0.0   # ... without touching the running averages
     try:
-        outs = [_to_image(generator(_to_model(chunk.to(device, torch.float32)))).clamp(0, 1).cpu()
-                for chunk in x.split(batch_size)]
+        with torch.no_grad():
+            outs = [_to_image(generator(_to_model(chunk.to(device, torch.float32)))).clamp(0, 1).cpu()
+                    for chunk in x.split(batch_size)]
     finally:
+        for m, momentum, count in zip(norms, momenta, counts):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
         generator.train(was_training)
     out = torch.cat(outs)
     return out[0] if single else out

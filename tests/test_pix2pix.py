@@ -355,3 +355,21 @@ def test_stage_shapes_trace_the_u(tmp_path):
     assert g.training                                          # mode restored
     fig = viz.architecture_diagram(table, title="U-Net")
     assert len(fig.axes) == 1
+
+
+def test_translate_with_per_image_norm_stats_keeps_running_stats_and_is_deterministic():
+    g = pix2pix.build_generator("unet", size=64, ngf=4)
+    g.train()
+    g(torch.rand(2, 3, 64, 64) * 2 - 1)          # give the running stats some values
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    x = torch.rand(3, 3, 64, 64)
+    a = pix2pix.translate(g, x, norm_stats="image")
+    b = pix2pix.translate(g, x, norm_stats="image")
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+    assert g.training
+    # per-image statistics: an image's output does not depend on its batch mates
+    assert torch.allclose(pix2pix.translate(g, x[:1], norm_stats="image"), a[:1], atol=1e-6)
+    assert not torch.allclose(pix2pix.translate(g, x, norm_stats="running"), a)
+    with pytest.raises(ValueError):
+        pix2pix.translate(g, x, norm_stats="batch")
