@@ -12,6 +12,9 @@ Modules, one concern each:
 * :mod:`comicutils.faces` - Haar and dlib face detection, 5-point alignment, identity embeddings.
 * :mod:`comicutils.metrics` - SSIM, PSNR, MSE, RMSE, FSIM, LPIPS, identity distance, tables.
 * :mod:`comicutils.taesd` - the taef2 tiny autoencoder (offline latent space and VGG stand-in).
+* :mod:`comicutils.nst` - Gram-matrix neural style transfer (chapter 01).
+* :mod:`comicutils.pix2pix` - U-Net / U-Res9 / U-Res50 generators, PatchGAN, trainer (chapter 02).
+* :mod:`comicutils.cartoon` - the classical cartoon filter baseline (chapter 06).
 * :mod:`comicutils.viz` - figures saved to ``figures/``.
 
 Heavy modules are imported on first use, so ``import comicutils`` stays fast.
@@ -22,7 +25,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "taesd", "viz", "course", "cli")
+_SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "taesd", "nst", "pix2pix",
+               "cartoon", "viz", "bench", "course", "cli")
 
 
 def __getattr__(name: str):
