@@ -102,6 +102,22 @@ def _up(c_in: int, c_out: int, *, dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
+def _decoder(chans: list[int], dropout: float, *, dropout_levels: int):
+    """Decoder of a U-Net whose encoder levels have ``chans`` channels -> (ups, final).
+
+    Level j (innermost first) upsamples to ``chans[j-1]`` channels; its input is the bridge
+    output (innermost) or the previous level concatenated with its skip (2 * chans[j]).
+    The ``dropout_levels`` innermost levels use ``dropout``. ``final``: ConvTranspose to RGB + Tanh.
+    """
+    ups = nn.ModuleList()
+    n = len(chans)
+    for k, j in enumerate(range(n - 1, 0, -1)):
+        c_in = chans[j] if j == n - 1 else 2 * chans[j]
+        ups.append(_up(c_in, chans[j - 1], dropout=dropout if k < dropout_levels else 0.0))
+    final = nn.Sequential(nn.ConvTranspose2d(2 * chans[0], 3, 4, 2, 1), nn.Tanh())
+    return ups, final
+
+
 def _run_unet(x: torch.Tensor, downs: nn.ModuleList, bridge: nn.Module, ups: nn.ModuleList,
               final: nn.Module) -> torch.Tensor:
     """Encoder -> bridge -> decoder; decoder level k is concatenated with encoder level k."""
@@ -148,11 +164,7 @@ class UNetGenerator(nn.Module):
             act = nn.ReLU(inplace=False) if inner else nn.LeakyReLU(0.2, inplace=False)
             self.downs.append(_down(c_in, c, norm=0 < i < self.n_downs - 1, act=act))
             c_in = c
-        self.ups = nn.ModuleList()
-        for k, j in enumerate(range(self.n_downs - 1, 0, -1)):     # innermost first
-            c_in = chans[j] if j == self.n_downs - 1 else 2 * chans[j]
-            self.ups.append(_up(c_in, chans[j - 1], dropout=dropout if k < 3 else 0.0))
-        self.final = nn.Sequential(nn.ConvTranspose2d(2 * chans[0], 3, 4, 2, 1), nn.Tanh())
+        self.ups, self.final = _decoder(chans, dropout, dropout_levels=3)
 
     @property
     def multiple(self) -> int:
@@ -217,11 +229,7 @@ class UResNetGenerator(nn.Module):
             self.downs.append(_down(c_in, c, norm=i > 0, act=nn.LeakyReLU(0.2)))
             c_in = c
         self.bridge = nn.Sequential(*[ResidualBlock(chans[-1]) for _ in range(n_blocks)])
-        self.ups = nn.ModuleList()
-        for j in range(n_downs - 1, 0, -1):
-            c_in = chans[j] if j == n_downs - 1 else 2 * chans[j]
-            self.ups.append(_up(c_in, chans[j - 1], dropout=dropout))
-        self.final = nn.Sequential(nn.ConvTranspose2d(2 * chans[0], 3, 4, 2, 1), nn.Tanh())
+        self.ups, self.final = _decoder(chans, dropout, dropout_levels=len(chans))
 
     @property
     def multiple(self) -> int:
