@@ -1,0 +1,184 @@
+"""One interface for every photo -> comic method, so evaluation, the CLI and the notebooks
+treat them alike.
+
+A :class:`Stylizer` has a ``name``, a ``weights`` description (what it runs on: "none",
+"ImageNet", "taef2 pretrained (substitute for VGG-16)", a checkpoint path, ...), a parameter
+count, and ``__call__(images) -> images``: (N, 3, H, W) in [0, 1] in, the same shape in
+[0, 1] out, inputs untouched. Methods that need a fixed working size resize in and back out
+(bicubic) with a documented rule.
+
+Available here: the identity baseline, the classical cartoon filter (chapter 06), neural
+style transfer (chapter 01) and pix2pix generators (chapter 02). Later chapters add theirs
+with :func:`register`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .images import check_image_tensor, resize
+
+_FACTORIES: dict[str, Callable[..., "Stylizer"]] = {}
+
+
+def register(name: str):
+    """Decorator: make a stylizer class or factory available to :func:`build`."""
+    def wrap(factory):
+        _FACTORIES[name] = factory
+        return factory
+    return wrap
+
+
+def available() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def build(name: str, **kwargs) -> "Stylizer":
+    """Build the stylizer called ``name`` (see :func:`available`) with its options."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    return _FACTORIES[name](**kwargs)
+
+
+@dataclass
+class Stylizer:
+    """Base class: subclasses implement :meth:`stylize` on validated [0, 1] batches."""
+
+    name: str = "stylizer"
+    weights: str = "none"
+    parameters: int = 0
+    settings: dict = field(default_factory=dict)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        single = images.ndim == 3
+        x = check_image_tensor(images.unsqueeze(0) if single else images, f"{self.name} input")
+        out = self.stylize(x.detach().clone())
+        if out.shape != x.shape:
+            raise RuntimeError(f"{self.name} returned {tuple(out.shape)} for input {tuple(x.shape)}")
+        out = out.clamp(0.0, 1.0)
+        return out[0] if single else out
+
+    def stylize(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """One row for tables: name, weights, parameters, settings."""
+        return {"method": self.name, "weights": self.weights, "parameters": self.parameters,
+                **{f"setting {k}": v for k, v in self.settings.items()}}
+
+
+def _resized(fn, images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Run ``fn`` at ``size`` and resize its result back to the input's H x W."""
+    h, w = images.shape[-2:]
+    return resize(fn(resize(images, size)), (h, w))
+
+
+@register("identity")
+@dataclass
+class Identity(Stylizer):
+    """The photo offered as its own comic: the baseline every method must beat."""
+
+    name: str = "identity"
+
+    def stylize(self, images):
+        return images
+
+
+@register("cartoon")
+@dataclass
+class Cartoon(Stylizer):
+    """The classical cartoon filter of :mod:`comicutils.cartoon` (training-free, offline)."""
+
+    name: str = "cartoon filter"
+    colors: int = 8
+
+    def __post_init__(self):
+        self.settings = {"colors": self.colors}
+
+    def stylize(self, images):
+        from .cartoon import cartoonize
+
+        return cartoonize(images, colors=self.colors)
+
+
+@register("nst")
+@dataclass
+class NST(Stylizer):
+    """Neural style transfer (:func:`comicutils.nst.stylize`) towards one ``style`` image.
+
+    Each image is optimised separately at ``size`` px (multiple of 8) from the photo, then
+    resized back. ``style``: (1, 3, H, W) or (3, H, W) in [0, 1].
+    """
+
+    style: torch.Tensor | None = None
+    name: str = "NST"
+    backbone: str = "vgg16"
+    steps: int = 200
+    style_weight: float | None = None
+    size: int = 256
+
+    def __post_init__(self):
+        from . import nst
+
+        if self.style is None:
+            raise ValueError("NST needs a style image (style=...)")
+        if self.size % 8:
+            raise ValueError(f"NST size must be a multiple of 8, got {self.size}")
+        info = nst.resolve_backbone(self.backbone)
+        self.weights = info.label()
+        self.parameters = 0  # nothing is trained: the image is optimised
+        self.settings = {"backbone": info.used, "steps": self.steps,
+                         "style_weight": self.style_weight, "size": self.size}
+
+    def stylize(self, images):
+        from . import nst
+
+        style = resize(self.style if self.style.ndim == 4 else self.style.unsqueeze(0), self.size)
+
+        def run(batch):
+            return torch.cat([nst.stylize(img.unsqueeze(0), style, backbone=self.backbone,
+                                          steps=self.steps, style_weight=self.style_weight,
+                                          init="content", show_progress=False).image
+                              for img in batch])
+
+        return _resized(run, images, self.size)
+
+
+@register("pix2pix")
+@dataclass
+class Pix2Pix(Stylizer):
+    """A trained pix2pix generator (chapter 02): a checkpoint path or a generator module.
+
+    Images are resized to the generator's training size and back; inference with per-image
+    BatchNorm statistics (the pix2pix paper's rule, see :func:`comicutils.pix2pix.translate`).
+    """
+
+    checkpoint: str | Path | None = None
+    generator: torch.nn.Module | None = None
+    name: str = "pix2pix"
+    norm_stats: str = "image"
+
+    def __post_init__(self):
+        from . import pix2pix
+
+        if self.generator is None:
+            if self.checkpoint is None:
+                raise ValueError("pix2pix needs checkpoint=... or generator=...")
+            self.generator = pix2pix.load_generator(self.checkpoint)
+            self.weights = str(self.checkpoint)
+        else:
+            self.weights = "in-memory generator"
+        cfg = dict(getattr(self.generator, "config", {}))
+        self.size = int(cfg.get("size", 256))
+        self.parameters = pix2pix.count_parameters(self.generator)
+        self.settings = {"generator": cfg.get("name", type(self.generator).__name__),
+                         "size": self.size, "norm_stats": self.norm_stats}
+
+    def stylize(self, images):
+        from . import pix2pix
+
+        return _resized(lambda x: pix2pix.translate(self.generator, x, norm_stats=self.norm_stats),
+                        images, self.size)
