@@ -27,7 +27,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "taesd", "nst", "pix2pix",
-               "cartoon", "stylizers", "viz", "bench", "course", "cli")
+               "cartoon", "stylizers", "evaluation", "viz", "bench", "course", "cli")
 
 
 def __getattr__(name: str):

@@ -293,11 +293,61 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
     return run
 
 
+def _evaluate(sub: argparse.ArgumentParser) -> Handler:
+    sub.add_argument("--methods", nargs="+", default=["identity", "cartoon"],
+                     help="stylizers to compare (identity, cartoon, nst, pix2pix)")
+    sub.add_argument("--size", type=int, default=128, help="evaluation size in px")
+    sub.add_argument("--limit", type=int, default=None, help="use only the first N held-out pairs")
+    sub.add_argument("--checkpoint", help="pix2pix generator checkpoint (for --methods pix2pix)")
+    sub.add_argument("--style", help="style image for nst (default: a training-split comic)")
+    sub.add_argument("--nst-steps", type=int, default=100)
+    sub.add_argument("--json", help="write the table to this JSON file")
+
+    def run(args):
+        import json
+
+        from . import data, evaluation, stylizers
+        from .images import load_tensor
+        from .runtime import atomic_path
+
+        pairs = data.face2comics_pairs("v2", size=args.size)
+        train, test = data.train_test_pairs(pairs)
+        if args.limit:
+            test = test.subset(test.keys[: args.limit])
+        options = {
+            "nst": lambda: {"style": load_tensor(args.style) if args.style else train.comics[7:8],
+                            "steps": args.nst_steps, "size": args.size - args.size % 8},
+            "pix2pix": lambda: {"checkpoint": args.checkpoint},
+        }
+        methods = {}
+        for name in args.methods:
+            try:
+                methods[name] = stylizers.build(name, **options.get(name, dict)())
+            except ValueError as err:
+                print(f"evaluate: {err}", file=sys.stderr)
+                return 2
+        table = evaluation.evaluate(methods, test.photos, test.comics)
+        print(f"face2comics v2 held-out pairs: {len(test)} at {args.size} px")
+        print(table.drop(columns=["weights"]).to_string(index=False, float_format="%.4g"))
+        for metric, why in table.attrs["unavailable"].items():
+            print(f"  {metric}: {why}")
+        if args.json:
+            payload = {"pairs": len(test), "size": args.size,
+                       "unavailable": table.attrs["unavailable"],
+                       "rows": evaluation.to_json_rows(table)}
+            with atomic_path(args.json) as tmp:
+                tmp.write_text(json.dumps(payload, indent=1))
+        return 0
+
+    return run
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = {
     "info": ("mode, device, versions and folders", _info),
     "assets": ("list, fetch and verify downloadable files", _assets),
     "course": ("execute every notebook headless", _course),
     "bench": ("benchmarks (timings on this machine)", _bench),
+    "evaluate": ("score stylizers on the held-out face2comics pairs", _evaluate),
     "stylize": ("turn portrait photos into comics (--method nst, pix2pix)", _stylize),
     "train-pix2pix": ("train a pix2pix generator on paired photos and comics", _train_pix2pix),
 }

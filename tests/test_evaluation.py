@@ -1,0 +1,46 @@
+import json
+import math
+
+import torch
+
+from comicutils import evaluation, stylizers
+from comicutils.cli import main
+
+
+def test_identity_against_itself_is_perfect_and_rows_name_their_method():
+    x = torch.rand(3, 3, 32, 32)
+    methods = {"identity": stylizers.build("identity"), "cartoon": stylizers.build("cartoon")}
+    df = evaluation.evaluate(methods, x, x, metric_names=["ssim", "psnr", "mse", "lpips_vgg"])
+    assert list(df.method) == ["identity", "cartoon"]
+    ident = df.set_index("method").loc["identity"]
+    assert ident.ssim == 1.0 and math.isinf(ident.psnr) and ident.mse == 0.0
+    assert math.isnan(ident.lpips_vgg) and "lpips_vgg" in df.attrs["unavailable"]  # n/a offline
+    cart = df.set_index("method").loc["cartoon"]
+    assert cart.ssim < 1 and math.isfinite(cart.psnr) and cart.seconds_per_image > 0
+    assert set(df.attrs["outputs"]) == {"identity", "cartoon"}
+
+
+def test_json_rows_have_no_nan_or_inf():
+    x = torch.rand(2, 3, 32, 32)
+    df = evaluation.evaluate([stylizers.build("identity")], x, x, metric_names=["psnr", "lpips_alex"])
+    [row] = evaluation.to_json_rows(df)
+    assert row["psnr"] == "inf" and row["lpips_alex"] is None
+    json.dumps(row)
+
+
+def test_evaluate_cli_writes_one_row_per_method_with_every_column(tmp_path, mirror, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--methods", "identity", "cartoon", "--size", "64", "--limit", "2",
+                 "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["pairs"] == 2 and [r["method"] for r in payload["rows"]] == ["identity", "cartoon"]
+    for row in payload["rows"]:
+        assert set(evaluation.COLUMNS) <= set(row)
+        assert row["mode"] == "smoke" and row["parameters"] == 0
+    assert "n/a" in payload["unavailable"]["lpips_vgg"]
+    assert "identity" in capsys.readouterr().out
+
+
+def test_evaluate_cli_reports_missing_options(capsys):
+    assert main(["evaluate", "--methods", "pix2pix", "--size", "64", "--limit", "1"]) == 2
+    assert "checkpoint" in capsys.readouterr().err
