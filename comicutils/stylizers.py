@@ -168,7 +168,7 @@ class Pix2Pix(Stylizer):
             if self.checkpoint is None:
                 raise ValueError("pix2pix needs checkpoint=... or generator=...")
             self.generator = pix2pix.load_generator(self.checkpoint)
-            self.weights = str(self.checkpoint)
+            self.weights = f"checkpoint {Path(self.checkpoint).name}"
         else:
             self.weights = "in-memory generator"
         cfg = dict(getattr(self.generator, "config", {}))
