@@ -16,6 +16,7 @@ Modules, one concern each:
 * :mod:`comicutils.pix2pix` - U-Net / U-Res9 / U-Res50 generators, PatchGAN, trainer (chapter 02).
 * :mod:`comicutils.cartoon` - the classical cartoon filter baseline (chapter 06).
 * :mod:`comicutils.stylizers` - one interface (name, weights, parameters, __call__) for every method.
+* :mod:`comicutils.evaluation`, :mod:`comicutils.fid` - one table for all methods; FID and KID.
 * :mod:`comicutils.viz` - figures saved to ``figures/``.
 
 Heavy modules are imported on first use, so ``import comicutils`` stays fast.
@@ -27,7 +28,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "taesd", "nst", "pix2pix",
-               "cartoon", "stylizers", "evaluation", "viz", "bench", "course", "cli")
+               "cartoon", "stylizers", "evaluation", "fid", "viz", "bench", "course", "cli")
 
 
 def __getattr__(name: str):

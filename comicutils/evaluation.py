@@ -22,18 +22,23 @@ from . import metrics
 from .runtime import get_mode
 
 EVAL_METRICS = ("ssim", "psnr", "mse", "fsim", "lpips_vgg", "lpips_alex", "id_dist")
-COLUMNS = ("method", "mode", "weights", "parameters", "seconds_per_image", *EVAL_METRICS)
+SET_METRICS = ("fid", "kid")
+COLUMNS = ("method", "mode", "weights", "parameters", "seconds_per_image", *EVAL_METRICS, *SET_METRICS)
 
 
 def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Tensor,
-             comics: torch.Tensor, *, metric_names: Sequence[str] = EVAL_METRICS):
+             comics: torch.Tensor, *, metric_names: Sequence[str] = EVAL_METRICS,
+             set_metrics: Sequence[str] = SET_METRICS):
     """Run and score every method -> pandas DataFrame, one row per method (columns :data:`COLUMNS`).
 
     ``methods``: stylizers (a list, or a dict whose keys become the row names);
     ``photos``, ``comics``: aligned held-out pairs (N, 3, H, W) in [0, 1]. Metric values are
     means over the pairs (PSNR over finite values; identical pairs give inf); unavailable
     metrics are NaN with the reason in ``df.attrs["unavailable"]``. ``df.attrs["outputs"]``
-    keeps each method's images for figures.
+    keeps each method's images for figures. ``set_metrics`` (FID, KID) compare the *set* of
+    outputs with the set of comics on the FID Inception's features (:mod:`comicutils.fid`);
+    without its weights they are NaN with the reason. With a few dozen pairs FID is dominated
+    by its estimation error (2048-d covariances); KID is unbiased and the better guide there.
     """
     import pandas as pd
 
@@ -55,13 +60,31 @@ def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Ten
             # mean over finite values (identical pairs give PSNR inf); all inf -> inf
             row[name] = (float(finite.mean()) if len(finite) else
                          float(values[0]) if len(values) else float("nan"))
+        for name in set_metrics:
+            row[name] = _set_metric(name, out, comics, unavailable)
         rows.append(row)
         outputs[label] = out
     df = pd.DataFrame(rows, columns=["method", "mode", "weights", "parameters",
-                                     "seconds_per_image", *metric_names])
+                                     "seconds_per_image", *metric_names, *set_metrics])
     df.attrs["unavailable"] = unavailable
     df.attrs["outputs"] = outputs
     return df
+
+
+def _set_metric(name: str, outputs: torch.Tensor, comics: torch.Tensor, unavailable: dict) -> float:
+    from . import fid
+
+    if name in unavailable:
+        return float("nan")
+    try:
+        if name == "fid":
+            return fid.fid(outputs, comics)
+        if name == "kid":
+            return fid.kid(outputs, comics, subset_size=len(comics))[0]
+        raise ValueError(f"unknown set metric {name!r}")
+    except metrics.MetricUnavailable as err:
+        unavailable[name] = str(err)
+        return float("nan")
 
 
 def to_json_rows(df) -> list[dict]:

@@ -10,7 +10,8 @@ from comicutils.cli import main
 def test_identity_against_itself_is_perfect_and_rows_name_their_method():
     x = torch.rand(3, 3, 32, 32)
     methods = {"identity": stylizers.build("identity"), "cartoon": stylizers.build("cartoon")}
-    df = evaluation.evaluate(methods, x, x, metric_names=["ssim", "psnr", "mse", "lpips_vgg"])
+    df = evaluation.evaluate(methods, x, x, metric_names=["ssim", "psnr", "mse", "lpips_vgg"],
+                             set_metrics=())
     assert list(df.method) == ["identity", "cartoon"]
     ident = df.set_index("method").loc["identity"]
     assert ident.ssim == 1.0 and math.isinf(ident.psnr) and ident.mse == 0.0
@@ -22,7 +23,8 @@ def test_identity_against_itself_is_perfect_and_rows_name_their_method():
 
 def test_json_rows_have_no_nan_or_inf():
     x = torch.rand(2, 3, 32, 32)
-    df = evaluation.evaluate([stylizers.build("identity")], x, x, metric_names=["psnr", "lpips_alex"])
+    df = evaluation.evaluate([stylizers.build("identity")], x, x, metric_names=["psnr", "lpips_alex"],
+                             set_metrics=())
     [row] = evaluation.to_json_rows(df)
     assert row["psnr"] == "inf" and row["lpips_alex"] is None
     json.dumps(row)
@@ -37,7 +39,8 @@ def test_evaluate_cli_writes_one_row_per_method_with_every_column(tmp_path, mirr
     for row in payload["rows"]:
         assert set(evaluation.COLUMNS) <= set(row)
         assert row["mode"] == "smoke" and row["parameters"] == 0
-    assert "n/a" in payload["unavailable"]["lpips_vgg"]
+    assert "n/a" in payload["unavailable"]["lpips_vgg"] and "n/a" in payload["unavailable"]["fid"]
+    assert payload["rows"][0]["fid"] is None and payload["rows"][0]["kid"] is None
     assert "identity" in capsys.readouterr().out
 
 
