@@ -323,6 +323,9 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
         for name in args.methods:
             try:
                 methods[name] = stylizers.build(name, **options.get(name, dict)())
+            except stylizers.MethodUnavailable as err:
+                print(f"evaluate: {name} skipped: {err}", file=sys.stderr)
+                continue
             except ValueError as err:
                 print(f"evaluate: {err}", file=sys.stderr)
                 return 2

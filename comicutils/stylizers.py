@@ -182,3 +182,34 @@ class Pix2Pix(Stylizer):
 
         return _resized(lambda x: pix2pix.translate(self.generator, x, norm_stats=self.norm_stats),
                         images, self.size)
+
+
+class MethodUnavailable(RuntimeError):
+    """The method's weights cannot be had here; it is skipped, never replaced by random weights."""
+
+
+@register("animegan")
+@dataclass
+class AnimeGAN(Stylizer):
+    """AnimeGANv2 face_paint_512_v2 (seed 002) with face2paint processing; fp16 on a GPU.
+
+    Offline (weights missing) building it raises :class:`MethodUnavailable` after the banner.
+    """
+
+    name: str = "AnimeGANv2"
+
+    def __post_init__(self):
+        from . import animegan
+
+        self.generator = animegan.load_generator()
+        if self.generator is None:
+            raise MethodUnavailable("AnimeGANv2 weights (face_paint_512_v2) are not available "
+                                    "here; the method is skipped")
+        self.weights = "face_paint_512_v2"
+        self.parameters = sum(p.numel() for p in self.generator.parameters())
+        self.settings = {"size": animegan.FACE2PAINT_SIZE}
+
+    def stylize(self, images):
+        from . import animegan
+
+        return animegan.face2paint(self.generator, images)

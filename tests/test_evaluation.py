@@ -47,3 +47,12 @@ def test_evaluate_cli_writes_one_row_per_method_with_every_column(tmp_path, mirr
 def test_evaluate_cli_reports_missing_options(capsys):
     assert main(["evaluate", "--methods", "pix2pix", "--size", "64", "--limit", "1"]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_cli_skips_a_method_whose_weights_are_missing(tmp_path, mirror, capsys, monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--methods", "identity", "animegan", "--size", "64", "--limit", "2",
+                 "--json", str(out)]) == 0
+    assert [r["method"] for r in json.loads(out.read_text())["rows"]] == ["identity"]
+    assert "animegan skipped" in capsys.readouterr().err
