@@ -368,19 +368,12 @@ def id_dist(pred: torch.Tensor, photos: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- tables
+_PAIRWISE = {"ssim": ssim, "psnr": psnr, "mse": mse, "rmse": rmse, "mae": mae, "fsim": fsim}
+
+
 def _compute(metric: str, p, t, ph, *, device, batch_size) -> torch.Tensor:
-    if metric == "ssim":
-        return ssim(p, t)
-    if metric == "psnr":
-        return psnr(p, t)
-    if metric == "mse":
-        return mse(p, t)
-    if metric == "rmse":
-        return rmse(p, t)
-    if metric == "mae":
-        return mae(p, t)
-    if metric == "fsim":
-        return fsim(p, t)
+    if metric in _PAIRWISE:
+        return _PAIRWISE[metric](p, t)
     if metric in ("lpips_vgg", "lpips_alex"):
         return lpips(p, t, metric.split("_")[1], device=device, batch_size=batch_size)
     if metric == "id_dist":
