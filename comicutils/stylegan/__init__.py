@@ -1,0 +1,50 @@
+"""StyleGAN2 for chapter 03: generator, blending, inversion, pseudo pairs, fine-tuning.
+
+* :mod:`.model` -- the generator (rosinality key names, strict checkpoint loading, truncation).
+* :mod:`.blend` -- per-resolution model blending (Toonify, seed 003) and style mixing (seed 001).
+* :mod:`.invert` -- inversion into W / W+ / Z+ and seed 001's multi-level pseudo pairs.
+* :mod:`.losses` -- seed 001's semantic-preservation constraint (LPIPS + 0.1 ID) and its stand-ins.
+* :mod:`.train` -- a micro discriminator and GAN trainer; fine-tuning with the constraints.
+* :mod:`.pairs` -- paired (photo, comic) folders for chapter 02's loader; table measurements.
+
+Pretrained FFHQ weights (asset ``stylegan2-ffhq-config-f``) load with :func:`load_ffhq`; offline
+they cannot be had, and chapter 03 trains :func:`micro_config` generators instead.
+"""
+from __future__ import annotations
+
+from .blend import (SEED003_CUSTOM_BLEND, SEED003_SWAP_RESOLUTION, blend, blend_table, mix_latents,
+                    multimodal, reference_guided, resample_blend_weights, swap_weights)
+from .invert import (Inversion, PseudoPairs, initial_latent, invert, latent_to_wplus, mse_loss,
+                     multilevel_pseudo_pairs, perceptual_mse)
+from .losses import LAMBDA_ID, FeatureDistances, SemanticLoss
+from .model import (CheckpointMismatch, Generator, GeneratorConfig, check_state_dict,
+                    config_from_state_dict, load_checkpoint, load_state, rosinality_channels,
+                    save_checkpoint, upfirdn2d)
+from .pairs import (feature_frechet_distance, identity_distance_between, pair_key, pooled_features,
+                    upsample_for_display, write_pairs)
+from .train import Discriminator, GANTrainer, diff_augment, finetune, paired_term, semantic_term
+
+FFHQ_ASSET = "stylegan2-ffhq-config-f"
+
+
+def micro_config(size: int = 64, width: int = 128, style_dim: int = 128, n_mlp: int = 4) -> GeneratorConfig:
+    """A CPU-sized StyleGAN2: ``width`` channels up to 16 px, then halved per resolution."""
+    channels = {}
+    for r in [2 ** i for i in range(2, size.bit_length())]:
+        channels[r] = max(8, width // max(1, r // 16)) if r > 16 else width
+    return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+
+
+def load_ffhq(device="cpu") -> Generator:
+    """StyleGAN2 FFHQ config f (1024 px) from the asset registry, loaded strictly.
+
+    Raises :class:`comicutils.assets.AssetUnavailable` (with instructions) where the file
+    cannot be had.
+    """
+    from .. import assets
+
+    G = load_checkpoint(assets.fetch(FFHQ_ASSET), GeneratorConfig(1024))
+    return G.to(device).eval()
+
+
+__all__ = [n for n in dir() if not n.startswith("_")]

@@ -1,0 +1,117 @@
+"""Seed 001's losses: the semantic-preservation constraint and the perceptual distance it uses.
+
+``L_semantic(G(z), G'(z)) = LPIPS(G(z), G'(z)) + lambda_ID * L_ID(G(z), G'(z))``, lambda_ID = 0.1.
+
+* **LPIPS** needs VGG-16 ImageNet weights (asset ``vgg16-imagenet``); when they can be had, the
+  real LPIPS (v0.1, VGG) is used. Offline the stand-in is an *LPIPS-style distance on the
+  pretrained taef2 encoder*: activations of blocks 1, 5, 9, 13 normalised to unit length over
+  channels, squared differences summed over channels, averaged over positions and blocks (the
+  LPIPS recipe without its learned per-channel weights).
+* **Identity** (an ArcFace-type face-recognition network in seed 001) is not differentiable in
+  the course's toolkit (dlib). The stand-in is the cosine distance between the spatially
+  pooled deepest taef2 features (block 13) -- a generic appearance descriptor, not a face
+  recogniser. The dlib identity distance stays the *metric*.
+
+Both stand-ins are announced with a substitute banner; full mode refuses them. Images are
+(N, 3, H, W) in [0, 1] with H, W multiples of 8; every distance returns one value per image (N,).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runtime import get_mode, substitute_banner
+
+LAMBDA_ID = 0.1
+"""Seed 001: weight of the identity term inside the semantic constraint."""
+LPIPS_BLOCKS = (1, 5, 9, 13)
+IDENTITY_BLOCK = 13
+
+_LPIPS_SUB = ("LPIPS (VGG-16, learned weights)",
+              "LPIPS-style distance on taef2 encoder features (unit-normalised channels, equal weights)")
+_ID_SUB = ("identity loss of a face-recognition network (ArcFace-type, differentiable)",
+           "cosine distance of pooled taef2 block-13 features (generic appearance, not a face recogniser)")
+
+
+def _normalise(f: torch.Tensor) -> torch.Tensor:
+    return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+
+
+class FeatureDistances(nn.Module):
+    """LPIPS-style and identity-style distances from one pass of a frozen feature extractor.
+
+    ``extractor(x) -> {block: (N, C, h, w)}`` must return ``lpips_blocks`` and ``id_block``;
+    default: the pretrained taef2 encoder (:class:`comicutils.taesd.FeatureExtractor`).
+    ``forward(a, b) -> (perceptual (N,), identity (N,))``.
+    """
+
+    def __init__(self, extractor: nn.Module | None = None, lpips_blocks=LPIPS_BLOCKS, id_block=IDENTITY_BLOCK):
+        super().__init__()
+        if extractor is None:
+            from ..taesd import FeatureExtractor
+
+            extractor = FeatureExtractor(tuple(sorted(set(lpips_blocks) | {id_block})))
+        self.extractor = extractor.requires_grad_(False).eval()
+        self.lpips_blocks, self.id_block = tuple(lpips_blocks), id_block
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.extractor.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> dict:
+        return self.extractor(x)
+
+    def from_features(self, fa: dict, fb: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        perc = torch.stack([(_normalise(fa[k]) - _normalise(fb[k])).pow(2).sum(1).mean((1, 2))
+                            for k in self.lpips_blocks]).mean(0)
+        ia, ib = fa[self.id_block].mean((2, 3)), fb[self.id_block].mean((2, 3))
+        ident = 1 - F.cosine_similarity(ia, ib, dim=1)
+        return perc, ident
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_features(self.features(a), self.features(b))
+
+
+class SemanticLoss(nn.Module):
+    """``perceptual(a, b) + lambda_id * identity(a, b)`` per image (N,). Seed 001, eq. 1.
+
+    Also the perceptual term alone (``lambda_id = 0``) is seed 001's paired loss (eq. 2).
+    """
+
+    def __init__(self, distances: FeatureDistances | None = None, lambda_id: float = LAMBDA_ID,
+                 announce: bool = True):
+        super().__init__()
+        self.lpips = None
+        if distances is None:
+            if get_mode() == "full":
+                raise RuntimeError(
+                    "full mode needs LPIPS with VGG-16 weights and a differentiable face-recognition "
+                    "network for seed 001's semantic loss; the course registry has no such identity "
+                    "network, so chapter 03 runs in auto mode with the taef2 stand-ins.")
+            distances = FeatureDistances()
+            self.lpips = _real_lpips()
+        if announce:
+            if self.lpips is None:
+                substitute_banner(*_LPIPS_SUB, reason="LPIPS needs VGG-16 ImageNet weights, not reachable here")
+            if lambda_id:
+                substitute_banner(*_ID_SUB, reason="no differentiable face-recognition network offline "
+                                                   "(dlib's identity embedding has no gradients)")
+        self.distances, self.lambda_id = distances, float(lambda_id)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        perc, ident = self.distances(a, b)
+        if self.lpips is not None:
+            perc = self.lpips(a * 2 - 1, b * 2 - 1).flatten()
+        return perc + self.lambda_id * ident
+
+
+def _real_lpips():
+    """The real LPIPS (VGG) model when its weights can be had, else None."""
+    from ..metrics import MetricUnavailable, lpips_model
+
+    try:
+        return lpips_model("vgg")
+    except MetricUnavailable:
+        return None

@@ -1,0 +1,87 @@
+"""Paired data from two generators, and the measurements of chapter 03's tables.
+
+:func:`write_pairs` is seed 003's data step: the same seeds through ``G_base`` (photos) and the
+blended generator (comics), written as ``<out>/photos/<key>.png`` and ``<out>/comics/<key>.png``
+-- the layout :class:`comicutils.data.PairedFolder` reads (pairs matched by basename).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..images import save_image
+from ..runtime import atomic_dir, progress
+from .model import Generator
+
+
+def pair_key(seed: int) -> str:
+    return f"seed{int(seed):05d}"
+
+
+def write_pairs(G_base: Generator, G_comic: Generator, seeds: Sequence[int], out_dir: str | os.PathLike, *,
+                psi: float = 0.7, batch_size: int = 16) -> tuple[Path, Path]:
+    """Generate (photo, comic) pairs for ``seeds`` and write them atomically; return the two folders.
+
+    Photo and comic of a seed come from the same z (truncated with ``psi``) and the same stored
+    noise. ``out_dir`` must not exist or be empty (the folder is built aside and renamed).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("no seeds to generate pairs from")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must be distinct (they name the files)")
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "photos").mkdir()
+        (tmp / "comics").mkdir()
+        for i in progress(range(0, len(seeds), batch_size), desc="writing pairs"):
+            chunk = seeds[i:i + batch_size]
+            photos = G_base.generate(chunk, psi=psi)
+            comics = G_comic.generate(chunk, psi=psi)
+            for s, p, c in zip(chunk, photos, comics):
+                save_image(p, tmp / "photos" / f"{pair_key(s)}.png")
+                save_image(c, tmp / "comics" / f"{pair_key(s)}.png")
+    return out_dir / "photos", out_dir / "comics"
+
+
+def identity_distance_between(images_a: torch.Tensor, images_b: torch.Tensor, *, size: int = 256) -> torch.Tensor:
+    """dlib identity distance between paired images (N,), after upsampling to ``size`` px.
+
+    Small generated faces are upsampled so dlib's face chip has pixels to work with; where dlib
+    finds no face the whole image is taken as the face (``on_missing="whole"``).
+    """
+    from ..faces import identity_distance
+    from ..images import resize
+
+    return identity_distance(resize(images_a, size), resize(images_b, size), on_missing="whole")
+
+
+@torch.no_grad()
+def pooled_features(images: torch.Tensor, extractor=None, block: int = 13, batch_size: int = 32) -> torch.Tensor:
+    """Spatially pooled taef2 block features (N, 64) of images in [0, 1] (H, W multiples of 8)."""
+    from ..taesd import FeatureExtractor
+
+    extractor = extractor if extractor is not None else FeatureExtractor((block,))
+    out = [extractor(images[i:i + batch_size])[block].mean((2, 3)) for i in range(0, len(images), batch_size)]
+    return torch.cat(out).cpu()
+
+
+def feature_frechet_distance(images: torch.Tensor, reference: torch.Tensor, *, size: int = 64) -> float:
+    """Fréchet distance between pooled taef2 features of two image sets (resized to ``size``).
+
+    A *stand-in* for FID (which needs the FID Inception weights): same formula, other features,
+    so its values are not comparable to any published FID.
+    """
+    from ..fid import frechet_distance
+    from ..images import resize
+
+    return frechet_distance(pooled_features(resize(images, size)), pooled_features(resize(reference, size)))
+
+
+def upsample_for_display(images: torch.Tensor, size: int = 128) -> torch.Tensor:
+    """Nearest-neighbour upsampling of small generator outputs for figures."""
+    return F.interpolate(images, size=(size, size), mode="nearest")
