@@ -47,4 +47,35 @@ def load_ffhq(device="cpu") -> Generator:
     return G.to(device).eval()
 
 
+def ffhq_or_none(device="cpu") -> Generator | None:
+    """The FFHQ generator where it can be had and used, else ``None`` with a substitute banner.
+
+    ``full`` mode: :func:`load_ffhq` or its error. ``auto``: the FFHQ network when the file is
+    in the cache or mirror *and* a GPU is present (1024 px fine-tuning is out of reach of a
+    CPU); otherwise ``None``, announcing the micro stand-in. ``smoke``: always ``None``.
+    """
+    import torch
+
+    from .. import assets
+    from ..runtime import get_mode, substitute_banner
+
+    mode = get_mode()
+    if mode == "full":
+        return load_ffhq(device)
+    wanted = "StyleGAN2 FFHQ config-f (1024 px, pretrained on 70,000 faces)"
+    if mode == "smoke":
+        substitute_banner(wanted, "micro StyleGAN2 trained for a few steps (almost random weights)",
+                          "smoke mode: tiny step counts for CI")
+        return None
+    used = "micro StyleGAN2 trained in this notebook on the course's ~130 photos"
+    path = assets.fetch_or_substitute(FFHQ_ASSET, wanted=wanted, substitute=used)
+    if path is None:
+        return None
+    if torch.device(device).type != "cuda":
+        substitute_banner(wanted, used, "the FFHQ file is here, but fine-tuning a 1024 px generator "
+                                        "needs a GPU; auto mode on a CPU trains the micro stand-in")
+        return None
+    return load_checkpoint(path, GeneratorConfig(1024)).to(device).eval()
+
+
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -230,11 +230,13 @@ class GANTrainer:
 
 
 # --------------------------------------------------------------------------- seed 001's constraints
-def semantic_term(G_frozen: Generator, loss: nn.Module, *, psi: float = 1.0) -> ExtraLoss:
-    """``L_semantic(G(z), G'(z))`` with the same z for the frozen pretrained G and the trained G'."""
+def semantic_term(G_frozen: Generator, loss: nn.Module, *, psi: float = 1.0, batch: int | None = None) -> ExtraLoss:
+    """``L_semantic(G(z), G'(z))`` with the same z for the frozen pretrained G and the trained G'
+    (``batch`` latents per step; default the trainer's batch size)."""
     G_frozen = G_frozen.eval().requires_grad_(False)
 
     def term(trainer: GANTrainer, n: int, step: int) -> torch.Tensor:
+        n = batch or n
         z = torch.randn(n, trainer.G.style_dim, generator=trainer.gen).to(trainer.G.w_avg.device)
         with torch.no_grad():
             ref = G_frozen(z, psi=psi)
@@ -244,12 +246,13 @@ def semantic_term(G_frozen: Generator, loss: nn.Module, *, psi: float = 1.0) -> 
     return term
 
 
-def paired_term(wplus: torch.Tensor, comics: torch.Tensor, loss: nn.Module) -> ExtraLoss:
+def paired_term(wplus: torch.Tensor, comics: torch.Tensor, loss: nn.Module, *, batch: int | None = None) -> ExtraLoss:
     """``LPIPS(G'(w+), S)`` on a random batch of pseudo pairs (w+ (M, L, D), S (M, 3, H, W) in [0, 1])."""
     if len(wplus) != len(comics):
         raise ValueError(f"{len(wplus)} latents but {len(comics)} comics")
 
     def term(trainer: GANTrainer, n: int, step: int) -> torch.Tensor:
+        n = batch or n
         idx = torch.randint(0, len(wplus), (min(n, len(wplus)),), generator=trainer.gen)
         dev = trainer.G.w_avg.device
         out = (trainer.G.synthesis(wplus[idx].to(dev), return_raw=True) + 1) / 2
@@ -261,20 +264,24 @@ def paired_term(wplus: torch.Tensor, comics: torch.Tensor, loss: nn.Module) -> E
 def finetune(G_base: Generator, D_base: Discriminator, comics: torch.Tensor, steps: int, *,
              semantic: nn.Module | None = None, lambda_semantic: float = 1.0,
              pairs: tuple[torch.Tensor, torch.Tensor] | None = None, paired_loss: nn.Module | None = None,
-             lambda_paired: float = 1.0, desc: str = "fine-tuning", **trainer_kwargs) -> GANTrainer:
+             lambda_paired: float = 1.0, constraint_batch: int | None = None, desc: str = "fine-tuning",
+             **trainer_kwargs) -> GANTrainer:
     """Fine-tune copies of ``G_base`` / ``D_base`` on ``comics`` (seed 001, eq. 3).
 
     ``L = L_adv + lambda_semantic L_semantic + lambda_paired L_paired``: pass ``semantic`` (a
     :class:`~comicutils.stylegan.losses.SemanticLoss`) for +SC, ``pairs = (w+, S)`` and
     ``paired_loss`` for +PC, neither for the Toonify baseline. The inputs are not modified;
-    the fine-tuned generator is ``trainer.G_ema``.
+    the fine-tuned generator is ``trainer.G_ema``. ``constraint_batch``: latents / pairs per
+    step for the two constraints (seed 001 fine-tunes with batch 4); default the GAN batch.
     """
     extra = {}
     if semantic is not None:
-        extra["semantic"] = (lambda_semantic, semantic_term(copy.deepcopy(G_base), semantic))
+        extra["semantic"] = (lambda_semantic, semantic_term(copy.deepcopy(G_base), semantic,
+                                                                   batch=constraint_batch))
     if pairs is not None:
         if paired_loss is None:
             raise ValueError("pairs given without a paired_loss")
-        extra["paired"] = (lambda_paired, paired_term(pairs[0].detach(), pairs[1], paired_loss))
+        extra["paired"] = (lambda_paired, paired_term(pairs[0].detach(), pairs[1], paired_loss,
+                                                                 batch=constraint_batch))
     trainer = GANTrainer(copy.deepcopy(G_base), copy.deepcopy(D_base), extra_losses=extra, **trainer_kwargs)
     return trainer.fit(comics, steps, desc=desc)
