@@ -1,0 +1,22 @@
+"""ComicDiff (seed 000): a Stable Diffusion U-Net fine-tuned with LoRA for single-step
+photo -> comic translation, ẑ_y = z_x + α · U(z_x, t=1, c), ŷ = D(ẑ_y).
+
+* :mod:`.components` — the frozen parts: SD 2.1 through diffusers, or the offline path (taef2
+  VAE + small U-Net + fixed prompt embedding); configs, codecs.
+* :mod:`.lora` — peft LoRA on the U-Net (B = 0 init), counting, save/load in the diffusers
+  LoRA format, merge/unmerge.
+* :mod:`.model` — :class:`ComicDiff` (forward and ``translate``), the MSE + 0.8·LPIPS loss.
+* :mod:`.train` — denoiser pre-training, LoRA training on Accelerate, evaluation, the
+  ``accelerate launch -m comicutils.comicdiff.train`` entry point.
+"""
+from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID, SD21_SCHEDULER_CONFIG,
+                         SD21_UNET_CONFIG, SMALL_UNET_CONFIG, Components, SD21Unavailable, SDVAECodec,
+                         TaefCodec, build_unet, fixed_prompt_embedding, load_components, load_sd21,
+                         offline_components)
+from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_lora_parameters,
+                   load_adapter, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
+from .model import DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, perceptual_loss
+from .train import (LatentPairs, NonFiniteLoss, TrainConfig, TrainResult, encode_pairs,
+                    evaluate_translation, pretrain_denoiser, train_lora)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

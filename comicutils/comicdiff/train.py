@@ -1,0 +1,403 @@
+"""Training ComicDiff: denoiser pre-training (offline path) and LoRA fine-tuning, on Accelerate.
+
+The same :func:`train_lora` runs in a notebook on one CPU and on several GPUs::
+
+    accelerate launch -m comicutils.comicdiff.train --data DIR --out runs/comicdiff --rank 8
+
+Seed 000's settings are the defaults of :class:`TrainConfig` (AdamW, lr 1e-5, batch 4, 5 epochs,
+loss MSE + 0.8 · LPIPS-VGG, t = 1, AMP on GPU); the notebook says what it changed for CPU.
+Checkpoints hold the adapter only (diffusers LoRA format, safetensors) plus a
+``training_state.pt`` (optimizer state, step, history; tensors only, loaded with
+``weights_only=True``), written atomically; ``resume=True`` continues from the latest one.
+A non-finite loss stops training with :class:`NonFiniteLoss` before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..runtime import atomic_path, progress, seed_everything
+from . import lora
+from .model import ComicDiff, ComicDiffLoss, perceptual_loss
+
+__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "LatentPairs", "encode_pairs",
+           "pretrain_denoiser", "train_lora", "evaluate_translation", "main"]
+
+STATE_NAME = "training_state.pt"
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; training stopped and no checkpoint was written."""
+
+
+# --------------------------------------------------------------------------- data
+class LatentPairs(Dataset):
+    """Pairs with the photo already encoded: items ``{"key", "latent", "comic"}``.
+
+    Encoding a small dataset once (and each augmented copy once) makes every training step
+    skip the VAE encoder, the most expensive frozen part on a CPU.
+    """
+
+    def __init__(self, keys: list[str], latents: torch.Tensor, comics: torch.Tensor):
+        if not (len(keys) == latents.shape[0] == comics.shape[0]):
+            raise ValueError("keys, latents and comics must have the same length")
+        self.keys, self.latents, self.comics = list(keys), latents, comics
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"key": self.keys[i], "latent": self.latents[i], "comic": self.comics[i]}
+
+
+@torch.no_grad()
+def encode_pairs(codec, pairs, *, augment=None, copies: int = 0, flip: bool = True, seed: int = 0,
+                 batch_size: int = 8, show_progress: bool = True) -> LatentPairs:
+    """Encode the photos of a :class:`~comicutils.data.PairSet` once: the originals, their
+    horizontal mirrors (``flip``) and ``copies`` augmented versions (``augment``, e.g.
+    :class:`~comicutils.data.JointAugment`, drawn from ``seed``)."""
+    photos, comics, keys = [pairs.photos], [pairs.comics], list(pairs.keys)
+    if flip:
+        photos.append(pairs.photos.flip(-1))
+        comics.append(pairs.comics.flip(-1))
+        keys += [f"{k}_flip" for k in pairs.keys]
+    if copies and augment is not None:
+        g = torch.Generator().manual_seed(seed)
+        for c in range(copies):
+            p, q = augment(pairs.photos, pairs.comics, g)
+            photos.append(p)
+            comics.append(q)
+            keys += [f"{k}_aug{c}" for k in pairs.keys]
+    photos, comics = torch.cat(photos), torch.cat(comics)
+    device = next(codec.parameters()).device
+    latents = []
+    for s in _bar(range(0, photos.shape[0], batch_size), show_progress, desc="encoding photos"):
+        latents.append(codec.encode(photos[s:s + batch_size].to(device)).float().cpu())
+    return LatentPairs(keys, torch.cat(latents), comics)
+
+
+def _bar(iterable=None, show: bool = True, **kwargs):
+    """A progress bar that honours COMICUTILS_PROGRESS; ``show=False`` silences it."""
+    if not show:
+        kwargs["disable"] = True
+    return progress(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------- accelerate
+def _accelerator(mixed_precision: str = "no", cpu: bool | None = None):
+    from accelerate import Accelerator
+
+    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    if mixed_precision == "auto":
+        if cpu:
+            mixed_precision = "no"
+        else:
+            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def _check_finite(value: torch.Tensor, step: int, what: str = "loss") -> None:
+    if not torch.isfinite(value).all():
+        raise NonFiniteLoss(f"{what} became {value.item() if value.numel() == 1 else 'non-finite'} "
+                            f"at step {step}; training stopped and no checkpoint was written. "
+                            "Lower the learning rate or check the inputs.")
+
+
+# --------------------------------------------------------------------------- pre-training
+@dataclass
+class PretrainResult:
+    history: list[dict]
+    seconds: float
+
+
+def pretrain_denoiser(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, scheduler_config: dict, *,
+                      steps: int = 500, batch_size: int = 16, lr: float = 3e-4, seed: int = 0,
+                      flip: bool = True, show_progress: bool = True) -> PretrainResult:
+    """Train a U-Net from scratch as a latent denoiser (DDPM objective), in place.
+
+    Each step draws latents, timesteps t ~ U{0..T-1} and noise ε, forms
+    z_t = √ᾱ_t z + √(1-ᾱ_t) ε with diffusers' ``DDPMScheduler``, and regresses the U-Net output
+    on the target the scheduler config names: ε (``epsilon``) or v = √ᾱ_t ε − √(1-ᾱ_t) z
+    (``v_prediction``). This gives the offline path what SD 2.1 brings pretrained: a U-Net that
+    already understands this latent space, before LoRA adapts it.
+    """
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(scheduler_config)
+    prediction = scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unsupported prediction_type {prediction!r}")
+    device = next(unet.parameters()).device
+    unet.train().requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    cond = prompt_embeds.to(device)
+    history, start = [], time.perf_counter()
+    bar = _bar(range(steps), show_progress, desc="pre-training the denoiser")
+    for step in bar:
+        idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)
+        z = latents[idx].to(device)
+        if flip:
+            mirror = torch.rand(batch_size, generator=g) < 0.5
+            z = torch.where(mirror[:, None, None, None].to(device), z.flip(-1), z)
+        noise = torch.randn(z.shape, generator=g).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(device)
+        zt = scheduler.add_noise(z, noise, t)
+        target = noise if prediction == "epsilon" else scheduler.get_velocity(z, noise, t)
+        out = unet(zt, t, encoder_hidden_states=cond.expand(batch_size, -1, -1)).sample
+        loss = F.mse_loss(out.float(), target.float())
+        _check_finite(loss, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        history.append({"step": step + 1, "loss": loss.item()})
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    unet.eval().requires_grad_(False)
+    return PretrainResult(history, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- LoRA training
+@dataclass
+class TrainConfig:
+    """LoRA fine-tuning settings. Defaults are seed 000's (rank 8, AdamW lr 1e-5, batch 4,
+    5 epochs, λ_LPIPS 0.8, t = 1, mixed precision where a GPU is present)."""
+
+    rank: int = 8
+    lora_alpha: float | None = None          # default: = rank (scale 1)
+    feed_forward: bool = False               # also adapt ff.net.0.proj / ff.net.2
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    batch_size: int = 4
+    epochs: int = 5
+    max_steps: int | None = None             # stop early (smoke runs, CPU budgets)
+    blend_alpha: float = 1.0                 # α used in the training forward
+    lpips_weight: float = 0.8
+    perceptual: str = "auto"                 # "lpips-vgg", "taef2" or "auto"
+    grad_clip: float | None = 1.0
+    mixed_precision: str = "auto"            # "no", "fp16", "bf16" or "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int | None = None      # steps; None: only at the end
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)   # one row per step
+    steps: int = 0
+    seconds: float = 0.0
+    perceptual: str = ""
+    adapter_dir: Path | None = None
+
+    def frame(self):
+        import pandas as pd
+        return pd.DataFrame(self.history)
+
+
+def _lora_state(model: ComicDiff) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().clone() for n, p in model.unet.named_parameters() if "lora_" in n}
+
+
+def _write_checkpoint(model, out_dir: Path, config: TrainConfig, optimizer, step: int, epoch: int,
+                      history: list[dict], name: str) -> Path:
+    target = out_dir / name
+    model.save_adapter(target, {"step": step, "epoch": epoch, "config": config.to_dict(),
+                                "path": model.path, "timestep": model.timestep}, overwrite=True)
+    state = {"step": torch.tensor(step), "epoch": torch.tensor(epoch), "lora": _lora_state(model),
+             "optimizer": optimizer.state_dict(),
+             "history": {k: torch.tensor([row[k] for row in history], dtype=torch.float64)
+                         for k in (history[0] if history else {})}}
+    with atomic_path(target / STATE_NAME) as tmp:
+        torch.save(state, tmp)
+    return target
+
+
+def _resume(model, out_dir: Path, optimizer) -> tuple[int, int, list[dict]]:
+    path = out_dir / "checkpoint-latest" / STATE_NAME
+    if not path.is_file():
+        return 0, 0, []
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    params = dict(model.unet.named_parameters())
+    missing = set(state["lora"]) ^ {n for n in params if "lora_" in n}
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match this adapter (rank/targets differ): "
+                         f"{sorted(missing)[:3]} ...")
+    with torch.no_grad():
+        for n, v in state["lora"].items():
+            params[n].copy_(v.to(params[n]))
+    optimizer.load_state_dict(state["optimizer"])
+    hist = state["history"]
+    keys = list(hist)
+    rows = [{k: (int(hist[k][i]) if k in ("step", "epoch") else float(hist[k][i])) for k in keys}
+            for i in range(len(hist[keys[0]]))] if keys else []
+    return int(state["step"]), int(state["epoch"]), rows
+
+
+def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = None, *,
+               out_dir: str | Path | None = None, resume: bool = True, loss_fn: ComicDiffLoss | None = None,
+               show_progress: bool = True) -> TrainResult:
+    """Fine-tune the LoRA adapter of ``model`` (added here if absent) on ``dataset``.
+
+    Dataset items are dicts with ``"comic"`` (3, H, W) in [0, 1] and either ``"latent"`` (z_x,
+    see :func:`encode_pairs`) or ``"photo"`` (encoded on the fly). Only LoRA parameters train:
+    the VAE/codec, the U-Net's own weights and the prompt embedding stay frozen. Returns the
+    per-step history (loss, mse, perceptual, grad norm, seconds).
+    """
+    config = config or TrainConfig()
+    seed_everything(config.seed)
+    if not lora.has_lora(model.unet):
+        model.add_lora(config.rank, config.lora_alpha, feed_forward=config.feed_forward, seed=config.seed)
+    accelerator = _accelerator(config.mixed_precision)
+    device = accelerator.device
+    model.to(device)
+    if loss_fn is None:
+        perc, name = perceptual_loss(config.perceptual if config.lpips_weight else "taef2", device)
+        loss_fn = ComicDiffLoss(perc, config.lpips_weight, name)
+    loss_fn.to(device)
+    if accelerator.mixed_precision in ("fp16", "bf16"):      # frozen weights in half precision,
+        half = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
+        model.unet.to(half)                                 # LoRA parameters kept in fp32
+        for p in lora.lora_parameters(model.unet):
+            p.data = p.data.float()
+    if config.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    params = lora.lora_parameters(model.unet)
+    if not params or any(not p.requires_grad for p in params):
+        raise RuntimeError("LoRA parameters are missing or frozen; nothing would train")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False,
+                        generator=torch.Generator().manual_seed(config.seed))
+    unet, optimizer, loader = accelerator.prepare(model.unet, optimizer, loader)
+    model.unet = unet
+    out_dir = Path(out_dir) if out_dir is not None else None
+    step, epoch0, history = (0, 0, [])
+    if out_dir is not None and resume:
+        step, epoch0, history = _resume(model, out_dir, optimizer)
+    steps_per_epoch = len(loader)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    start, result = time.perf_counter(), TrainResult(perceptual=loss_fn.name)
+    model.train()
+    model.codec.eval()
+    bar = _bar(None, show_progress, total=total, initial=step, desc=f"LoRA r={config.rank}")
+    epoch = epoch0
+    while step < total:
+        for batch in loader:
+            if step >= total:
+                break
+            t0 = time.perf_counter()
+            y = batch["comic"].to(device)
+            with torch.no_grad():
+                z = batch["latent"].to(device) if "latent" in batch else model.encode(batch["photo"].to(device))
+            with accelerator.autocast():
+                pred = model(latents=z, alpha=config.blend_alpha)
+                terms = loss_fn(pred.float(), y)
+            _check_finite(terms["loss"], step + 1)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(terms["loss"])
+            gnorm = (accelerator.clip_grad_norm_(params, config.grad_clip) if config.grad_clip
+                     else torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+            optimizer.step()
+            step += 1
+            history.append({"step": step, "epoch": epoch + 1, "loss": terms["loss"].item(),
+                            "mse": terms["mse"].item(), "perceptual": terms["perceptual"].item(),
+                            "grad_norm": float(gnorm), "seconds": time.perf_counter() - t0})
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
+            if out_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest")
+        epoch += 1
+    bar.close()
+    model.eval()
+    result.history, result.steps, result.seconds = history, step, time.perf_counter() - start
+    if out_dir is not None:
+        _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest")
+        result.adapter_dir = model.save_adapter(
+            out_dir / "adapter", {"step": step, "config": config.to_dict(), "path": model.path,
+                                  "timestep": model.timestep, "perceptual": loss_fn.name}, overwrite=True)
+    return result
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_translation(model: ComicDiff, photos: torch.Tensor, comics: torch.Tensor, *,
+                         alpha: float | None = None, metrics=("ssim", "psnr", "mse", "lpips_vgg"),
+                         batch_size: int = 8) -> dict[str, float]:
+    """Mean metrics of ``model.translate(photos, alpha)`` against ``comics`` (both [0, 1]).
+    LPIPS is ``nan`` where its weights are unavailable (reported as n/a, never substituted)."""
+    from .. import metrics as M
+
+    pred = model.translate(photos, alpha, batch_size=batch_size)
+    out = {}
+    for name in metrics:
+        try:
+            if name == "lpips_vgg":
+                out[name] = float(M.lpips(pred, comics, "vgg").mean())
+            else:
+                out[name] = float(getattr(M, name)(pred, comics).mean())
+        except M.MetricUnavailable:
+            out[name] = math.nan
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="comicutils.comicdiff.train",
+                                description="LoRA fine-tuning of ComicDiff on paired photo/comic folders "
+                                            "(run with `accelerate launch -m comicutils.comicdiff.train`).")
+    p.add_argument("--data", required=True, help="folder with photos/ and comics/ (pairs matched by basename), "
+                                                 "or a face2comics release root")
+    p.add_argument("--out", required=True, help="output folder (adapter/, checkpoint-latest/)")
+    p.add_argument("--path", default="auto", choices=["auto", "sd21", "offline"])
+    p.add_argument("--model-id", default=None)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (seed 000: 5 %%)")
+    for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed"):
+        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
+    for f in ("lr", "lpips_weight", "blend_alpha", "weight_decay"):
+        p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(TrainConfig, f))
+    p.add_argument("--feed-forward", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--perceptual", default="auto", choices=["auto", "lpips-vgg", "taef2"])
+    p.add_argument("--no-resume", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .. import data as D
+    from .components import load_components
+
+    args = _parser().parse_args(argv)
+    root = Path(args.data)
+    photo_dir, comic_dir = root / "photos", root / "comics"
+    if not (photo_dir.is_dir() and comic_dir.is_dir()):
+        raise SystemExit(f"expected {photo_dir} and {comic_dir} (pairs matched by basename)")
+    folder = D.PairedFolder(photo_dir, comic_dir, size=args.size)
+    train_keys, test_keys = D.split_keys(folder.keys, args.test_fraction)
+    kwargs = {"model_id": args.model_id} if args.model_id else {}
+    model = ComicDiff(load_components(args.path, **kwargs))
+    cfg = TrainConfig(rank=args.rank, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
+                      lr=args.lr, lpips_weight=args.lpips_weight, blend_alpha=args.blend_alpha,
+                      weight_decay=args.weight_decay, feed_forward=args.feed_forward,
+                      gradient_checkpointing=args.gradient_checkpointing, mixed_precision=args.mixed_precision,
+                      perceptual=args.perceptual, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    result = train_lora(model, folder.subset(train_keys), cfg, out_dir=args.out, resume=not args.no_resume)
+    print(f"trained {result.steps} steps in {result.seconds:.0f} s on {len(train_keys)} pairs "
+          f"({len(test_keys)} held out); adapter: {result.adapter_dir}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
