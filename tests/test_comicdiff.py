@@ -326,3 +326,22 @@ def test_sd_vae_codec_reads_scaling_and_downscale_from_its_config():
 def test_load_components_rejects_unknown_paths():
     with pytest.raises(ValueError, match="path must be"):
         cd.load_components("sd3")
+
+
+def test_denoiser_round_trip_and_refusals(tmp_path):
+    m, x = tiny_model(), images()
+    folder = cd.save_denoiser(m.unet, tmp_path / "denoiser")
+    back = cd.load_denoiser(folder)
+    z = m.encode(x)
+    t = torch.ones(2, dtype=torch.long)
+    c = m.prompt_embeds.expand(2, -1, -1)
+    want = m.unet.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in back.state_dict().items()) and len(want) == len(back.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(back(z, t, c).sample, m.unet(z, t, c).sample, atol=1e-5)
+    m.add_lora(rank=2)
+    with pytest.raises(ValueError, match="before adding LoRA"):
+        cd.save_denoiser(m.unet, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(FileNotFoundError, match="no saved U-Net"):
+        cd.load_denoiser(tmp_path)

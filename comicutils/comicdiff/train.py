@@ -27,7 +27,7 @@ from ..runtime import atomic_path, progress, seed_everything
 from . import lora
 from .model import ComicDiff, ComicDiffLoss, perceptual_loss
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "LatentPairs", "encode_pairs",
+__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "LatentPairs", "encode_pairs", "encode_images",
            "pretrain_denoiser", "train_lora", "evaluate_translation", "main"]
 
 STATE_NAME = "training_state.pt"
@@ -76,11 +76,8 @@ def encode_pairs(codec, pairs, *, augment=None, copies: int = 0, flip: bool = Tr
             comics.append(q)
             keys += [f"{k}_aug{c}" for k in pairs.keys]
     photos, comics = torch.cat(photos), torch.cat(comics)
-    device = next(codec.parameters()).device
-    latents = []
-    for s in _bar(range(0, photos.shape[0], batch_size), show_progress, desc="encoding photos"):
-        latents.append(codec.encode(photos[s:s + batch_size].to(device)).float().cpu())
-    return LatentPairs(keys, torch.cat(latents), comics)
+    return LatentPairs(keys, encode_images(codec, photos, batch_size=batch_size, show_progress=show_progress),
+                       comics)
 
 
 def _bar(iterable=None, show: bool = True, **kwargs):
@@ -88,6 +85,15 @@ def _bar(iterable=None, show: bool = True, **kwargs):
     if not show:
         kwargs["disable"] = True
     return progress(iterable, **kwargs)
+
+
+@torch.no_grad()
+def encode_images(codec, images: torch.Tensor, *, batch_size: int = 8, show_progress: bool = True) -> torch.Tensor:
+    """Latents of (N, 3, H, W) images in [0, 1], computed in batches on the codec's device."""
+    device = next(codec.parameters()).device
+    out = [codec.encode(images[s:s + batch_size].to(device)).float().cpu()
+           for s in _bar(range(0, images.shape[0], batch_size), show_progress, desc="encoding")]
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- accelerate
