@@ -342,6 +342,22 @@ def test_finetune_logs_constraints_and_leaves_inputs_untouched():
         sg.finetune(G, D, comics, 1, pairs=(wplus, comics))
 
 
+def test_reconstruction_warm_start_fits_images_and_anchor_term_logs():
+    G = tiny(16)
+    images = torch.rand(4, 3, 16, 16)
+    fit = sg.fit_reconstruction(G, images, 60, batch_size=4, lr=0.01, latent_lr=0.05)
+    assert fit.z.shape == (4, G.style_dim)
+    first = sum(h["reconstruction"] for h in fit.history[:5]) / 5
+    last = sum(h["reconstruction"] for h in fit.history[-5:]) / 5
+    assert last < 0.7 * first
+    assert not any(p.requires_grad for p in G.parameters())
+    D = sg.Discriminator(16, G.config.channels)
+    tr = sg.GANTrainer(G, D, batch_size=2,
+                       extra_losses={"anchor": (1.0, sg.reconstruction_term(fit.z, images, batch=2))})
+    tr.fit(images, 1)
+    assert tr.history[0]["anchor"] >= 0
+
+
 def test_diff_augment_shape_and_gradient():
     x = torch.rand(3, 3, 16, 16, requires_grad=True)
     y = sg.diff_augment(x * 2 - 1, torch.Generator().manual_seed(0))

@@ -22,7 +22,8 @@ from .model import (CheckpointMismatch, Generator, GeneratorConfig, check_state_
                     save_checkpoint, upfirdn2d)
 from .pairs import (feature_frechet_distance, identity_distance_between, pair_key, pooled_features,
                     upsample_for_display, write_pairs)
-from .train import Discriminator, GANTrainer, diff_augment, finetune, paired_term, semantic_term
+from .train import (Discriminator, GANTrainer, LatentFit, diff_augment, finetune, fit_reconstruction, paired_term,
+                    reconstruction_term, semantic_term)
 
 FFHQ_ASSET = "stylegan2-ffhq-config-f"
 
