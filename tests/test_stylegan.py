@@ -388,3 +388,13 @@ def test_write_pairs_readable_by_chapter02_loader(tmp_path):
 def test_micro_config_channels():
     cfg = sg.micro_config(64, width=128)
     assert cfg.channels == {4: 128, 8: 128, 16: 128, 32: 64, 64: 32} and cfg.n_latent == 10
+
+
+def test_ffhq_stand_in_is_announced_and_full_mode_refuses(monkeypatch):
+    from comicutils import assets, runtime
+
+    assert sg.ffhq_or_none() is None                      # smoke mode: the micro stand-in
+    assert any("micro StyleGAN2" in s.used for s in runtime.substitutes_in_use())
+    monkeypatch.setenv("COMICUTILS_MODE", "full")
+    with pytest.raises(assets.AssetUnavailable):
+        sg.ffhq_or_none()

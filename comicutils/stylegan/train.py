@@ -12,10 +12,13 @@
   :func:`semantic_term` (``L_semantic(G(z), G'(z))``) and :func:`paired_term`
   (``LPIPS(G'(w+), S)``).
 
+* :func:`fit_reconstruction`: a regression warm start (GLO) that gives a micro generator a face
+  manifold in minutes of CPU, and :func:`reconstruction_term` to anchor it during GAN steps.
+
 Images given to the trainer are (N, 3, H, W) in [0, 1]; the networks see [-1, 1] (converted in
 :meth:`GANTrainer._real` and by ``return_raw``). Offline, pretrained FFHQ weights cannot be had,
-so chapter 03 trains a micro generator on the course's photos with this loop and fine-tunes a
-copy on the comics -- a small stand-in for FFHQ-StyleGAN2, said so on screen.
+so chapter 03 warm-starts a micro generator on the course's photos, trains it briefly with this
+loop and fine-tunes copies on the comics -- a small stand-in for FFHQ-StyleGAN2, said so on screen.
 """
 from __future__ import annotations
 
