@@ -3,6 +3,12 @@
 ``bench nst``: seconds per NST optimisation step, per backbone, optimizer and image size.
 ``bench pix2pix``: training steps/s (D + G step, batch 1 and 4) and inference images/s of
 the pix2pix generators (unet, ures9, ures50) at 128 and 256 px (see :func:`run_pix2pix`).
+``bench comicdiff``: ComicDiff's VAE encode (E), U-Net call (U) and decode (D) timed
+separately, then (a) single-step translation end to end, (b) DDIM img2img (50 steps,
+strength 0.75: 38 U-Net calls), (c) merged vs unmerged LoRA, (d) an α-slider update (one
+decode), and the cheap wins (no autograd, merged LoRA, channels_last, a cached prompt
+embedding instead of a text-encoder call). The single-step speed-up over img2img cannot exceed
+(E + 38·U + D) / (E + U + D); the report gives both (see :func:`comicdiff_timings`).
 
     python -m comicutils bench nst [--sizes 256 512] [--steps 5] [--warmup 2] [--json out.json]
 
@@ -159,4 +165,166 @@ def run_pix2pix(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": torch.get_num_threads(),
                        "torch": torch.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+# --------------------------------------------------------------------------- comicdiff
+def _timer(fn, repeats: int, warmup: int, device) -> float:
+    """Median seconds of ``fn()`` (synchronising CUDA around each call)."""
+    import torch
+
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def comicdiff_timings(*, size: int = 256, config: str = "offline", device: str = "cpu", dtype: str = "fp32",
+                      rank: int = 8, repeats: int = 5, warmup: int = 2, img2img_steps: int = 50,
+                      strength: float = 0.75, text_encoder: bool = True, model=None) -> dict:
+    """Time ComicDiff's parts and the alternatives on one image of ``size`` px.
+
+    ``config="offline"``: taef2 (its real weights) + the small U-Net; ``"sd21"``: the SD 2.1
+    U-Net and VAE *configs* with random weights (same arithmetic as the real weights, so the
+    same time; a timing tool only). LoRA rank ``rank`` on q/k/v/out with non-zero B. Returns a
+    dict of median seconds, ratios and the bound (see ``bench comicdiff --help``).
+    """
+    import contextlib
+
+    import torch
+
+    from . import comicdiff as cd
+    from .widgets import prepare_alpha, render_alpha
+
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    torch.manual_seed(0)
+    if model is None:
+        if config == "offline":
+            comp = cd.offline_components(announce=False)
+        elif config == "sd21":
+            from diffusers import AutoencoderKL
+            with torch.device(device):
+                unet = cd.build_unet(cd.SD21_UNET_CONFIG).to(dt)
+                vae = AutoencoderKL.from_config(cd.components.SD21_VAE_CONFIG).to(dt)
+            comp = cd.Components("sd21", cd.SDVAECodec(vae), unet,
+                                 torch.randn(1, 77, unet.config.cross_attention_dim), dict(cd.SD21_SCHEDULER_CONFIG))
+        else:
+            raise ValueError(f"config must be 'offline' or 'sd21'; got {config!r}")
+        model = cd.ComicDiff(comp)
+        model.add_lora(rank)
+        for p in cd.lora_parameters(model.unet):
+            p.data.normal_(0, 0.01)
+    model = model.to(device).eval()
+    x = torch.rand(1, 3, size, size, device=device)
+    R = dict(repeats=repeats, warmup=warmup, device=device)
+    out: dict = {"size": size, "config": config, "device": device, "dtype": dtype, "rank": rank,
+                 "threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "unet_parameters": sum(p.numel() for n, p in model.unet.named_parameters() if "lora_" not in n)}
+    with torch.inference_mode():
+        z = model.encode(x)
+        dz = model.delta(z)
+        out["E"] = _timer(lambda: model.encode(x), **R)
+        out["U"] = _timer(lambda: model.delta(z), **R)
+        out["D"] = _timer(lambda: model.decode(z + dz), **R)
+    out["a_single_step"] = _timer(lambda: model.translate(x), **R)
+    calls = cd.unet_calls_img2img(img2img_steps, strength)
+    out["img2img_unet_calls"] = calls
+    out["b_img2img"] = _timer(lambda: cd.img2img(model, x, steps=img2img_steps, strength=strength),
+                              repeats=max(1, repeats // 2), warmup=1, device=device)
+    # cheap wins, one at a time
+    with torch.enable_grad():
+        out["a_with_autograd"] = _timer(lambda: model(x), **R)
+    with torch.no_grad():
+        out["a_no_grad"] = _timer(lambda: model(x), **R)
+    cd.merge(model.unet)
+    with torch.inference_mode():
+        out["U_merged"] = _timer(lambda: model.delta(z), **R)
+    out["a_merged"] = _timer(lambda: model.translate(x), **R)
+    model.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    out["a_merged_channels_last"] = _timer(lambda: model.translate(xc), **R)
+    model.to(memory_format=torch.contiguous_format)
+    cd.unmerge(model.unet)
+    state = prepare_alpha(model, x.cpu() if device == "cpu" else x, identity=False)
+    out["d_alpha_update"] = _timer(lambda: render_alpha(state, 0.7), **R)
+    if text_encoder:
+        out["text_encoder"] = _text_encoder_time(device, dt, R)
+    # the analysis
+    e, u, d = out["E"], out["U"], out["D"]
+    out["sum_EUD"] = e + u + d
+    out["bound_speedup"] = (e + calls * u + d) / (e + u + d)
+    out["speedup"] = out["b_img2img"] / out["a_single_step"]
+    out["a_over_EUD"] = out["a_single_step"] / out["sum_EUD"]
+    out["speedup_over_bound"] = out["speedup"] / out["bound_speedup"]
+    out["targets"] = {"a within 10% of E+U+D": abs(out["a_over_EUD"] - 1) <= 0.10,
+                      "speed-up within 10% of the bound": abs(out["speedup_over_bound"] - 1) <= 0.10,
+                      "alpha update under 200 ms": out["d_alpha_update"] < 0.200}
+    return out
+
+
+def _text_encoder_time(device, dtype, R) -> float:
+    """One call of SD 2.1's text encoder (OpenCLIP-H config, random weights) on 77 tokens:
+    the cost a cached prompt embedding saves on every image."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                         num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
+                         projection_dim=1024)
+    with torch.device(device):
+        enc = CLIPTextModel(cfg).to(dtype).eval()
+    ids = torch.randint(0, 49408, (1, 77), device=device)
+    with torch.inference_mode():
+        return _timer(lambda: enc(ids), **R)
+
+
+def add_comicdiff_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--config", choices=("offline", "sd21"), default="offline",
+                    help="offline: taef2 + small U-Net; sd21: SD 2.1 configs, random weights (timing only)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs (median taken)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-text-encoder", action="store_true", help="skip timing the SD 2.1 text encoder")
+    ap.add_argument("--json", nargs="?", const="-", help="print JSON (or write it to this file)")
+
+
+def run_comicdiff(args: argparse.Namespace) -> int:
+    """Print the ComicDiff timing table (and JSON with --json)."""
+    r = comicdiff_timings(size=args.size, config=args.config, device=args.device, dtype=args.dtype,
+                          rank=args.rank, repeats=args.repeats, warmup=args.warmup,
+                          text_encoder=not args.no_text_encoder)
+    ms = lambda k: f"{1000 * r[k]:8.1f} ms"  # noqa: E731
+    print(f"# ComicDiff at {r['size']} px, {r['config']} ({r['unet_parameters'] / 1e6:.1f} M-param U-Net), "
+          f"{r['device']} {r['dtype']}, {r['threads']} threads; median of {args.repeats}")
+    for k, label in (("E", "VAE encode (E)"), ("U", "U-Net call (U)"), ("D", "VAE decode (D)"),
+                     ("a_single_step", "(a) single-step end to end"),
+                     ("b_img2img", f"(b) img2img DDIM, {r['img2img_unet_calls']} U-Net calls"),
+                     ("U_merged", "(c) U-Net call, LoRA merged"), ("a_merged", "(c) end to end, LoRA merged"),
+                     ("a_with_autograd", "end to end with autograd on"), ("a_no_grad", "end to end, no_grad"),
+                     ("a_merged_channels_last", "end to end, merged + channels_last"),
+                     ("d_alpha_update", "(d) alpha-slider update (decode)"), ("text_encoder", "text encoder call")):
+        if k in r:
+            print(f"{label:42s} {ms(k)}")
+    print(f"E+U+D = {1000 * r['sum_EUD']:.1f} ms; (a)/(E+U+D) = {r['a_over_EUD']:.3f}")
+    print(f"speed-up (b)/(a) = {r['speedup']:.2f}x; bound (E+{r['img2img_unet_calls']}U+D)/(E+U+D) = "
+          f"{r['bound_speedup']:.2f}x; ratio {r['speedup_over_bound']:.3f}")
+    for k, ok in r["targets"].items():
+        print(f"target {k}: {'met' if ok else 'NOT met'}")
+    if args.json:
+        text = json.dumps(r, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text)
     return 0

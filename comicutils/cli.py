@@ -173,19 +173,47 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         except ValueError as err:  # a --size the generator cannot take
             sub.error(str(err))
 
+    def comicdiff_arguments(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("--method comicdiff (single-step LoRA U-Net, chapters 04-05)")
+        g.add_argument("--adapter", metavar="DIR", help="adapter folder written by train_lora "
+                       "(e.g. data/runs/04/lora-r8/adapter; required)")
+        g.add_argument("--alpha", type=float, default=1.0, help="residual blend: 0 = VAE "
+                       "reconstruction, 1 = as trained")
+        g.add_argument("--denoiser", metavar="DIR", help="offline path's pre-trained U-Net "
+                       "(default: the denoiser/ folder next to the run)")
+
+    def comicdiff_model(args):
+        from .comicdiff import load_translator
+
+        if not args.adapter:
+            sub.error("--method comicdiff needs --adapter DIR")
+        if not hasattr(args, "_comicdiff"):
+            try:
+                args._comicdiff = load_translator(args.adapter, denoiser=args.denoiser, merge=True)
+            except FileNotFoundError as err:
+                sub.error(str(err))
+        return args._comicdiff
+
+    def comicdiff_run(photo, args):
+        return comicdiff_model(args).translate(photo, args.alpha)
+
     methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments,
                        nst_run),
                "pix2pix": ("a trained pix2pix generator (one forward pass)", pix2pix_arguments,
-                           pix2pix_run)}
+                           pix2pix_run),
+               "comicdiff": ("ComicDiff: one LoRA U-Net call in latent space", comicdiff_arguments,
+                             comicdiff_run)}
     # the square side a method works at when --size is not given
-    default_sizes = {"pix2pix": lambda args: int(pix2pix_generator(args).config["size"])}
+    default_sizes = {"pix2pix": lambda args: int(pix2pix_generator(args).config["size"]),
+                     "comicdiff": lambda args: int((getattr(comicdiff_model(args), "info", {}).get("size")
+                                                    or [256])[0])}
 
     sub.add_argument("photos", nargs="+", metavar="PHOTO", help="portrait photo(s)")
     sub.add_argument("--method", default="nst", choices=sorted(methods),
                      help="; ".join(f"{k}: {v[0]}" for k, v in methods.items()))
     sub.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<stem>_<method>.png")
     sub.add_argument("--size", type=int, default=None, help="square side in px (resize + crop); "
-                     "default 256, pix2pix: the checkpoint's training size")
+                     "default 256; pix2pix, comicdiff: the training size")
     for _, add_arguments, _ in methods.values():
         add_arguments(sub)
 
@@ -215,11 +243,13 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
 def _bench(sub: argparse.ArgumentParser) -> Handler:
     from . import bench
 
-    what = sub.add_subparsers(dest="what", required=True, metavar="{nst,pix2pix}")
+    what = sub.add_subparsers(dest="what", required=True, metavar="{nst,pix2pix,comicdiff}")
     bench.add_nst_arguments(what.add_parser("nst", help="seconds per NST optimisation step"))
     bench.add_pix2pix_arguments(what.add_parser(
         "pix2pix", help="pix2pix training steps/s and inference images/s"))
-    runners = {"nst": bench.run_nst, "pix2pix": bench.run_pix2pix}
+    bench.add_comicdiff_arguments(what.add_parser(
+        "comicdiff", help="ComicDiff: E/U/D times, single step vs img2img, LoRA merge, alpha update"))
+    runners = {"nst": bench.run_nst, "pix2pix": bench.run_pix2pix, "comicdiff": bench.run_comicdiff}
 
     def run(args):
         return runners[args.what](args)

@@ -213,3 +213,41 @@ class AnimeGAN(Stylizer):
         from . import animegan
 
         return animegan.face2paint(self.generator, images)
+
+
+@register("comicdiff")
+@dataclass
+class ComicDiffStylizer(Stylizer):
+    """ComicDiff (chapters 04-05): single-step LoRA U-Net translation, ẑ = z_x + α·Δz.
+
+    Give an ``adapter`` folder (``train_lora``'s ``adapter/``; offline adapters find their
+    pre-trained denoiser next to the run) or a ready ``model``. Images are resized to the
+    adapter's training size and back (bicubic); ``alpha`` blends the learned residual.
+    """
+
+    adapter: str | Path | None = None
+    model: torch.nn.Module | None = None
+    alpha: float = 1.0
+    denoiser: str | Path | None = None
+    merge: bool = True
+    name: str = "comicdiff"
+
+    def __post_init__(self):
+        from .comicdiff import load_translator
+
+        if self.model is None:
+            if self.adapter is None:
+                raise ValueError("comicdiff needs adapter=... or model=...")
+            self.model = load_translator(self.adapter, denoiser=self.denoiser, merge=self.merge)
+            self.weights = f"adapter {Path(self.adapter).name} ({self.model.path} path)"
+        else:
+            self.weights = f"in-memory model ({self.model.path} path)"
+        info = getattr(self.model, "info", {}) or {}
+        size = info.get("size") or [256, 256]
+        self.size = int(size[0])
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.settings = {"alpha": self.alpha, "rank": info.get("rank"), "path": self.model.path,
+                         "size": self.size, "timestep": self.model.timestep}
+
+    def stylize(self, images):
+        return _resized(lambda x: self.model.translate(x, self.alpha), images, self.size)

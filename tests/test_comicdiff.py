@@ -345,3 +345,20 @@ def test_denoiser_round_trip_and_refusals(tmp_path):
     assert not (tmp_path / "other").exists()
     with pytest.raises(FileNotFoundError, match="no saved U-Net"):
         cd.load_denoiser(tmp_path)
+
+
+def test_predict_clean_inverts_add_noise_for_a_perfect_predictor():
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    for kind in ("epsilon", "v_prediction"):
+        cfg = {**cd.OFFLINE_SCHEDULER_CONFIG, "prediction_type": kind}
+        t = 300
+        zt = cd.add_noise(z, t, cfg, seed=1)
+        a = cd.train._alphas(cfg, torch.tensor([t]))[0]
+        eps = (zt - a.sqrt() * z) / (1 - a).sqrt()
+        target = eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z
+
+        class Oracle(nn.Module):
+            def forward(self, x, t, encoder_hidden_states=None):
+                return type("Out", (), {"sample": target})()
+
+        assert torch.allclose(cd.predict_clean(Oracle(), zt, t, torch.zeros(1, 1, 8), cfg), z, atol=1e-5)

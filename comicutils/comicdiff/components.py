@@ -57,6 +57,13 @@ SD21_SCHEDULER_CONFIG: dict = {
     "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
     "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
 }
+SD21_VAE_CONFIG: dict = {
+    # vae/config.json of SD 2.1: 4 latent channels, /8, scaling factor 0.18215.
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 768,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "act_fn": "silu",
+    "norm_num_groups": 32, "scaling_factor": 0.18215,
+}
 SMALL_UNET_CONFIG: dict = {
     # The offline path's denoiser: same block types as SD, 3 levels instead of 4, 32 latent
     # channels (taef2), 12.7 M parameters. sample_size is only a default; any latent size that
@@ -170,10 +177,10 @@ def build_unet(config: dict | None = None, *, seed: int = 0, device: str | torch
     config = dict(SMALL_UNET_CONFIG if config is None else config)
     if str(device) == "meta":
         with torch.device("meta"):
-            return UNet2DConditionModel(**config)
+            return UNet2DConditionModel.from_config(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel(**config).to(device)
+        return UNet2DConditionModel.from_config(config).to(device)
 
 
 def fixed_prompt_embedding(dim: int, tokens: int = OFFLINE_PROMPT_TOKENS, seed: int = 0) -> torch.Tensor:
@@ -184,9 +191,12 @@ def fixed_prompt_embedding(dim: int, tokens: int = OFFLINE_PROMPT_TOKENS, seed: 
     return torch.randn(1, tokens, dim, generator=g)
 
 
-def save_denoiser(unet: nn.Module, directory) -> "Path":
+def save_denoiser(unet: nn.Module, directory, *, overwrite: bool = False) -> "Path":
     """Save a (LoRA-free) U-Net with diffusers' ``save_pretrained`` (config.json + safetensors),
-    all-or-nothing. The offline path keeps its pre-trained denoiser this way."""
+    all-or-nothing; an existing folder is replaced only with ``overwrite=True``. The offline
+    path keeps its pre-trained denoiser this way."""
+    import os
+    import shutil
     from pathlib import Path
 
     from ..runtime import atomic_dir
@@ -194,6 +204,16 @@ def save_denoiser(unet: nn.Module, directory) -> "Path":
 
     if has_lora(unet):
         raise ValueError("save the denoiser before adding LoRA (adapters are saved separately)")
+    target = Path(directory)
+    if overwrite and target.exists() and any(target.iterdir()):
+        staging = target.with_name(f".{target.name}.new-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_denoiser(unet, staging)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return target
     with atomic_dir(directory) as tmp:
         unet.save_pretrained(tmp, safe_serialization=True)
     return Path(directory)

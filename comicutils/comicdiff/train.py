@@ -28,7 +28,7 @@ from . import lora
 from .model import ComicDiff, ComicDiffLoss, perceptual_loss
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "LatentPairs", "encode_pairs", "encode_images",
-           "pretrain_denoiser", "train_lora", "evaluate_translation", "main"]
+           "pretrain_denoiser", "predict_clean", "add_noise", "denoising_error", "train_lora", "evaluate_translation", "main"]
 
 STATE_NAME = "training_state.pt"
 
@@ -169,6 +169,43 @@ def pretrain_denoiser(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, 
             bar.set_postfix(loss=f"{loss.item():.4f}")
     unet.eval().requires_grad_(False)
     return PretrainResult(history, time.perf_counter() - start)
+
+
+def _alphas(scheduler_config: dict, t: torch.Tensor) -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler_config).alphas_cumprod[t.cpu()]
+
+
+@torch.no_grad()
+def predict_clean(unet, noisy: torch.Tensor, t: int, prompt_embeds: torch.Tensor, scheduler_config: dict) -> torch.Tensor:
+    """The U-Net's estimate of the clean latent from z_t at timestep ``t``:
+    ẑ_0 = (z_t − √(1-ᾱ_t) ε̂) / √ᾱ_t for ε-prediction, √ᾱ_t z_t − √(1-ᾱ_t) v̂ for v-prediction."""
+    n = noisy.shape[0]
+    tt = torch.full((n,), int(t), dtype=torch.long)
+    a = _alphas(scheduler_config, tt)[0].item()
+    out = unet(noisy, tt.to(noisy.device), encoder_hidden_states=prompt_embeds.to(noisy.device).expand(n, -1, -1)).sample
+    if scheduler_config.get("prediction_type", "epsilon") == "v_prediction":
+        return a ** 0.5 * noisy - (1 - a) ** 0.5 * out
+    return (noisy - (1 - a) ** 0.5 * out) / a ** 0.5
+
+
+def add_noise(latents: torch.Tensor, t: int, scheduler_config: dict, seed: int = 0) -> torch.Tensor:
+    """z_t = √ᾱ_t z + √(1-ᾱ_t) ε with ε drawn from ``seed``."""
+    a = _alphas(scheduler_config, torch.tensor([int(t)]))[0].item()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    return a ** 0.5 * latents + (1 - a) ** 0.5 * noise.to(latents)
+
+
+@torch.no_grad()
+def denoising_error(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, scheduler_config: dict, *,
+                    timesteps=(50, 200, 400, 600, 800), seed: int = 0) -> float:
+    """Mean squared error of ẑ_0 against the clean latents, averaged over fixed timesteps and
+    fixed noise: a held-out check that a pre-trained denoiser learned the latent space."""
+    errs = [F.mse_loss(predict_clean(unet, add_noise(latents, t, scheduler_config, seed + i), t,
+                                     prompt_embeds, scheduler_config), latents).item()
+            for i, t in enumerate(timesteps)]
+    return sum(errs) / len(errs)
 
 
 # --------------------------------------------------------------------------- LoRA training
@@ -330,9 +367,11 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     result.history, result.steps, result.seconds = history, step, time.perf_counter() - start
     if out_dir is not None:
         _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest")
+        size = list(dataset[0]["comic"].shape[-2:]) if len(dataset) else None
         result.adapter_dir = model.save_adapter(
             out_dir / "adapter", {"step": step, "config": config.to_dict(), "path": model.path,
-                                  "timestep": model.timestep, "perceptual": loss_fn.name}, overwrite=True)
+                                  "timestep": model.timestep, "perceptual": loss_fn.name,
+                                  "size": size}, overwrite=True)
     return result
 
 

@@ -1,0 +1,144 @@
+"""Chapter 05's inference side of ComicDiff: loading adapters, the α and rank explorers, the
+stylizer and CLI, img2img and the benchmark (tiny configurations)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comicutils import cli, comicdiff as cd, images as I, stylizers, widgets
+from comicutils.comicdiff import lora
+
+from test_comicdiff import TINY_UNET, images, tiny_model
+
+SMALL32 = {**TINY_UNET, "in_channels": 32, "out_channels": 32}   # fits taef2's 32 latent channels
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomise(model, std=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for p in lora.lora_parameters(model.unet):
+        p.data = torch.randn(p.shape, generator=g) * std
+    return model
+
+
+@pytest.fixture()
+def offline_run(tmp_path, mirror):
+    """A run folder like chapter 04's: denoiser/ and lora-r2/adapter/ (taef2 codec)."""
+    unet = cd.build_unet(SMALL32, seed=0)
+    cd.save_denoiser(unet, tmp_path / "denoiser")
+    model = cd.ComicDiff(cd.offline_components(unet=unet, announce=False))
+    model.add_lora(2)
+    _randomise(model)
+    model.save_adapter(tmp_path / "lora-r2" / "adapter", {"path": "offline", "size": [32, 32], "timestep": 1})
+    return tmp_path, model
+
+
+def test_load_translator_reproduces_the_trained_model(offline_run):
+    run, model = offline_run
+    x = images(2, 32)
+    want = model.translate(x)
+    loaded = cd.load_translator(run / "lora-r2" / "adapter")
+    assert torch.allclose(loaded.translate(x), want, atol=1e-5)
+    merged = cd.load_translator(run / "lora-r2" / "adapter", merge=True)
+    assert torch.allclose(merged.translate(x), want, atol=1e-4)
+    assert loaded.info["rank"] == 2
+
+
+def test_load_translator_needs_its_denoiser(offline_run, tmp_path_factory):
+    run, _ = offline_run
+    elsewhere = tmp_path_factory.mktemp("moved")
+    (run / "lora-r2" / "adapter").rename(elsewhere / "adapter")
+    with pytest.raises(FileNotFoundError, match="denoiser"):
+        cd.load_translator(elsewhere / "adapter")
+    assert cd.load_translator(elsewhere / "adapter", denoiser=run / "denoiser").path == "offline"
+
+
+def test_alpha_widget_functions_match_translate():
+    m = _randomise(tiny_model().add_lora(4))
+    x = images(1, 32)
+    state = widgets.prepare_alpha(m, x[0], target=images(1, 32, seed=9)[0], identity=False)
+    for alpha in (0.0, 0.4, 1.0, 1.25):
+        assert torch.allclose(widgets.render_alpha(state, alpha), m.translate(x, alpha), atol=1e-6)
+    readout = widgets.alpha_readout(state, widgets.render_alpha(state, 0.0))
+    assert set(readout) == {"SSIM to photo", "SSIM to comic"} and 0 < readout["SSIM to photo"] <= 1
+    with pytest.raises(ValueError, match="one photo"):
+        widgets.prepare_alpha(m, images(2, 32), identity=False)
+    with pytest.raises(ValueError, match="multiples"):
+        widgets.prepare_alpha(m, images(1, 30), identity=False)
+    box = widgets.alpha_slider(state)
+    assert box.children[1].value[:4] == b"\x89PNG"
+
+
+def test_rank_explorer_functions():
+    models = {r: _randomise(tiny_model().add_lora(r), seed=r) for r in (1, 4)}
+    photos, comics = images(2, 32), images(2, 32, seed=3)
+    entries = widgets.rank_summary(models, photos, comics)
+    assert [e.rank for e in entries] == [1, 4]
+    assert entries[1].trainable == 4 * entries[0].trainable        # r (d_in + d_out) scales with r
+    image, desc = widgets.render_rank(entries, 4, photos[0])
+    assert torch.allclose(image, models[4].translate(photos[:1]), atol=1e-6)
+    assert desc["LoRA parameters"] == entries[1].trainable and "ssim" in desc
+    with pytest.raises(ValueError, match="no adapter of rank 2"):
+        widgets.render_rank(entries, 2, photos[0])
+    assert widgets.rank_explorer(entries, photos[0]).children[0].options == (1, 4)
+
+
+def test_comicdiff_stylizer_keeps_size_and_range():
+    m = _randomise(tiny_model().add_lora(2))
+    m.info = {"size": [32, 32], "rank": 2}
+    s = stylizers.build("comicdiff", model=m, alpha=0.5)
+    x = torch.rand(2, 3, 40, 48)
+    out = s(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert s.describe()["setting alpha"] == 0.5
+    with pytest.raises(ValueError, match="adapter"):
+        stylizers.build("comicdiff")
+
+
+def test_stylize_cli_with_an_adapter(offline_run, tmp_path_factory):
+    run, model = offline_run
+    out = tmp_path_factory.mktemp("out")
+    photo = out / "face.png"
+    I.save_image(images(1, 32)[0], photo)
+    assert cli.main(["stylize", str(photo), "--method", "comicdiff", "--adapter",
+                     str(run / "lora-r2" / "adapter"), "--alpha", "0.5", "--out", str(out)]) == 0
+    result = I.load_tensor(out / "face_comicdiff.png")
+    assert result.shape[-2:] == (32, 32)
+    with pytest.raises(SystemExit):
+        cli.main(["stylize", str(photo), "--method", "comicdiff", "--out", str(out)])
+
+
+def test_img2img_calls_the_unet_38_times():
+    m = tiny_model()
+    calls = []
+    hook = m.unet.register_forward_hook(lambda *a: calls.append(1))
+    out = cd.img2img(m, images(1, 32), steps=50, strength=0.75)
+    hook.remove()
+    assert len(calls) == cd.unet_calls_img2img(50, 0.75) == 38
+    assert out.shape == (1, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError, match="strength"):
+        cd.img2img(m, images(1, 32), strength=0)
+
+
+def test_benchmark_reports_parts_ratios_and_bound():
+    from comicutils import bench
+
+    m = _randomise(tiny_model().add_lora(2))
+    r = bench.comicdiff_timings(size=32, model=m, repeats=1, warmup=0, img2img_steps=8, strength=0.5,
+                                text_encoder=False)
+    for k in ("E", "U", "D", "a_single_step", "b_img2img", "U_merged", "a_merged", "d_alpha_update"):
+        assert r[k] > 0
+    assert r["img2img_unet_calls"] == 4
+    e, u, d = r["E"], r["U"], r["D"]
+    assert r["bound_speedup"] == pytest.approx((e + 4 * u + d) / (e + u + d))
+    assert r["speedup"] == pytest.approx(r["b_img2img"] / r["a_single_step"])
+    assert set(r["targets"]) == {"a within 10% of E+U+D", "speed-up within 10% of the bound",
+                                 "alpha update under 200 ms"}
+    assert not lora.lora_parameters(m.unet)[0].is_inference()   # merged and unmerged back, still trainable
