@@ -196,8 +196,6 @@ def comicdiff_timings(*, size: int = 256, config: str = "offline", device: str =
     same time; a timing tool only). LoRA rank ``rank`` on q/k/v/out with non-zero B. Returns a
     dict of median seconds, ratios and the bound (see ``bench comicdiff --help``).
     """
-    import contextlib
-
     import torch
 
     from . import comicdiff as cd

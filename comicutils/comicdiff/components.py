@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -191,14 +192,12 @@ def fixed_prompt_embedding(dim: int, tokens: int = OFFLINE_PROMPT_TOKENS, seed: 
     return torch.randn(1, tokens, dim, generator=g)
 
 
-def save_denoiser(unet: nn.Module, directory, *, overwrite: bool = False) -> "Path":
+def save_denoiser(unet: nn.Module, directory, *, overwrite: bool = False) -> Path:
     """Save a (LoRA-free) U-Net with diffusers' ``save_pretrained`` (config.json + safetensors),
     all-or-nothing; an existing folder is replaced only with ``overwrite=True``. The offline
     path keeps its pre-trained denoiser this way."""
     import os
     import shutil
-    from pathlib import Path
-
     from ..runtime import atomic_dir
     from .lora import has_lora
 
@@ -221,8 +220,6 @@ def save_denoiser(unet: nn.Module, directory, *, overwrite: bool = False) -> "Pa
 
 def load_denoiser(directory) -> nn.Module:
     """A U-Net written by :func:`save_denoiser` (safetensors, no pickle), frozen, eval mode."""
-    from pathlib import Path
-
     from diffusers import UNet2DConditionModel
 
     if not (Path(directory) / "config.json").is_file():

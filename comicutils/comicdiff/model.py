@@ -14,6 +14,7 @@ MSE(ŷ, y) + 0.8 · LPIPS_VGG(ŷ, y) through the frozen decoder into the LoRA pa
 """
 from __future__ import annotations
 
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -236,9 +237,7 @@ class ComicDiffLoss(nn.Module):
 
 
 # --------------------------------------------------------------------------- loading, img2img
-def _find_denoiser(adapter_dir) -> "Path | None":
-    from pathlib import Path
-
+def _find_denoiser(adapter_dir) -> Path | None:
     here = Path(adapter_dir).resolve()
     for parent in [here, *here.parents][:4]:
         if (parent / "denoiser" / "config.json").is_file():
