@@ -142,3 +142,13 @@ def test_benchmark_reports_parts_ratios_and_bound():
     assert set(r["targets"]) == {"a within 10% of E+U+D", "speed-up within 10% of the bound",
                                  "alpha update under 200 ms"}
     assert not lora.lora_parameters(m.unet)[0].is_inference()   # merged and unmerged back, still trainable
+
+
+def test_alpha_sweep_matches_translate_at_every_alpha():
+    m = _randomise(tiny_model().add_lora(2))
+    photos, comics = images(2, 32), images(2, 32, seed=4)
+    rows, outs = cd.alpha_sweep(m, photos, comics, alphas=(0.0, 0.5, 1.25), identity=False)
+    assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.25]
+    for r in rows:
+        assert torch.allclose(outs[r["alpha"]], m.translate(photos, r["alpha"]), atol=1e-6)
+        assert -1 <= r["SSIM"] <= 1 and r["MSE"] >= 0

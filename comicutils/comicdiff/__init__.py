@@ -18,7 +18,7 @@ from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_
 from .model import (DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, img2img, load_translator,
                     perceptual_loss, unet_calls_img2img)
 from .train import (LatentPairs, NonFiniteLoss, TrainConfig, TrainResult, encode_images, encode_pairs,
-                    add_noise, denoising_error, evaluate_translation, predict_clean, pretrain_denoiser,
+                    add_noise, alpha_sweep, denoising_error, evaluate_translation, predict_clean, pretrain_denoiser,
                     train_lora)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -15,6 +15,7 @@ MSE(ŷ, y) + 0.8 · LPIPS_VGG(ŷ, y) through the frozen decoder into the LoRA pa
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn

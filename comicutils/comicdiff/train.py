@@ -28,7 +28,7 @@ from . import lora
 from .model import ComicDiff, ComicDiffLoss, perceptual_loss
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "LatentPairs", "encode_pairs", "encode_images",
-           "pretrain_denoiser", "predict_clean", "add_noise", "denoising_error", "train_lora", "evaluate_translation", "main"]
+           "pretrain_denoiser", "predict_clean", "alpha_sweep", "add_noise", "denoising_error", "train_lora", "evaluate_translation", "main"]
 
 STATE_NAME = "training_state.pt"
 
@@ -446,3 +446,40 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def alpha_sweep(model: ComicDiff, photos: torch.Tensor, comics: torch.Tensor | None = None,
+                alphas=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25), *, identity: bool = True):
+    """Translate once, re-blend for every α (one decode each), and score.
+
+    Returns (rows, images): one dict per α with SSIM/PSNR/MSE against ``comics`` (if given),
+    SSIM to the photo, and the mean dlib identity distance to the photo over the images where
+    a face is found (with that count); ``images[α]`` is the (N, 3, H, W) batch.
+    """
+    from .. import metrics as M
+
+    _, z, dz = model.translate(photos, return_latents=True)
+    device = model.prompt_embeds.device
+    rows, outs = [], {}
+    emb_photo = None
+    if identity:
+        from ..faces import identity_embedding
+        emb_photo = identity_embedding(photos, on_missing="nan")
+    for a in alphas:
+        with torch.inference_mode():
+            y = model.decode(model.blend(z.to(device), dz.to(device), a)).cpu()
+        h, w = photos.shape[-2:]
+        y = y[..., :h, :w]
+        outs[a] = y
+        row = {"alpha": a, "SSIM to photo": float(M.ssim(y, photos).mean())}
+        if comics is not None:
+            row.update({"SSIM": float(M.ssim(y, comics).mean()), "PSNR": float(M.psnr(y, comics).mean()),
+                        "MSE": float(M.mse(y, comics).mean())})
+        if emb_photo is not None:
+            from ..faces import identity_embedding
+            d = (identity_embedding(y, on_missing="nan") - emb_photo).norm(dim=1)
+            ok = ~torch.isnan(d)
+            row["identity distance"] = float(d[ok].mean()) if ok.any() else math.nan
+            row["faces found"] = int(ok.sum())
+        rows.append(row)
+    return rows, outs
