@@ -152,3 +152,22 @@ def test_alpha_sweep_matches_translate_at_every_alpha():
     for r in rows:
         assert torch.allclose(outs[r["alpha"]], m.translate(photos, r["alpha"]), atol=1e-6)
         assert -1 <= r["SSIM"] <= 1 and r["MSE"] >= 0
+
+
+def test_training_entry_point_on_a_folder(tmp_path, mirror):
+    from comicutils.comicdiff import train
+
+    for sub in ("photos", "comics"):
+        (tmp_path / sub).mkdir()
+        for i in range(3):
+            I.save_image(images(1, 32, seed=i + (10 if sub == "comics" else 0))[0], tmp_path / sub / f"p{i}.png")
+    unet = cd.build_unet(SMALL32, seed=0)
+    cd.save_denoiser(unet, tmp_path / "denoiser")
+    out = tmp_path / "run"
+    assert train.main(["--data", str(tmp_path), "--out", str(out), "--path", "offline", "--size", "32",
+                       "--denoiser", str(tmp_path / "denoiser"), "--max-steps", "2", "--batch-size", "2",
+                       "--test-fraction", "0.34", "--lpips-weight", "0", "--mixed-precision", "no"]) == 0
+    info = cd.read_adapter_info(out / "adapter")
+    assert info["step"] == 2 and info["rank"] == 8 and info["size"] == [32, 32]
+    with pytest.raises(SystemExit, match="photos"):
+        train.main(["--data", str(out), "--out", str(tmp_path / "x")])

@@ -401,11 +401,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="comicutils.comicdiff.train",
                                 description="LoRA fine-tuning of ComicDiff on paired photo/comic folders "
                                             "(run with `accelerate launch -m comicutils.comicdiff.train`).")
-    p.add_argument("--data", required=True, help="folder with photos/ and comics/ (pairs matched by basename), "
-                                                 "or a face2comics release root")
+    p.add_argument("--data", required=True, help="folder with photos/ and comics/ (pairs matched by basename)")
     p.add_argument("--out", required=True, help="output folder (adapter/, checkpoint-latest/)")
     p.add_argument("--path", default="auto", choices=["auto", "sd21", "offline"])
-    p.add_argument("--model-id", default=None)
+    p.add_argument("--model-id", default=None, help="diffusers model id for --path sd21")
+    p.add_argument("--denoiser", default=None, help="offline path: the pre-trained U-Net folder "
+                                                    "(chapter 04 writes data/runs/04/denoiser)")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (seed 000: 5 %%)")
     for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed"):
@@ -432,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = D.PairedFolder(photo_dir, comic_dir, size=args.size)
     train_keys, test_keys = D.split_keys(folder.keys, args.test_fraction)
     kwargs = {"model_id": args.model_id} if args.model_id else {}
+    if args.denoiser:
+        kwargs["denoiser"] = args.denoiser
     model = ComicDiff(load_components(args.path, **kwargs))
     cfg = TrainConfig(rank=args.rank, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
                       lr=args.lr, lpips_weight=args.lpips_weight, blend_alpha=args.blend_alpha,
