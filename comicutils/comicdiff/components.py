@@ -254,10 +254,13 @@ def load_sd21(model_id: str = SD21_MODEL_ID, *, revision: str | None = SD21_REVI
     """Stable Diffusion 2.1 with diffusers (``from_pretrained``, pinned revision): frozen VAE and
     text encoder, the prompt embedded once; raises :class:`SD21Unavailable` with instructions
     when the weights cannot be had."""
+    import warnings
+
     try:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
         kw = dict(revision=revision, local_files_only=local_files_only)
         vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **kw)
         unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype, **kw)
