@@ -325,12 +325,14 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
 
 def _evaluate(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--methods", nargs="+", default=["identity", "cartoon"],
-                     help="stylizers to compare (identity, cartoon, nst, pix2pix)")
+                     help="stylizers to compare (identity, cartoon, nst, pix2pix, comicdiff, animegan)")
     sub.add_argument("--size", type=int, default=128, help="evaluation size in px")
     sub.add_argument("--limit", type=int, default=None, help="use only the first N held-out pairs")
     sub.add_argument("--checkpoint", help="pix2pix generator checkpoint (for --methods pix2pix)")
     sub.add_argument("--style", help="style image for nst (default: a training-split comic)")
     sub.add_argument("--nst-steps", type=int, default=100)
+    sub.add_argument("--adapter", help="ComicDiff adapter folder (for --methods comicdiff)")
+    sub.add_argument("--alpha", type=float, default=1.0, help="ComicDiff residual blend")
     sub.add_argument("--json", help="write the table to this JSON file")
 
     def run(args):
@@ -348,6 +350,7 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
             "nst": lambda: {"style": load_tensor(args.style) if args.style else train.comics[7:8],
                             "steps": args.nst_steps, "size": args.size - args.size % 8},
             "pix2pix": lambda: {"checkpoint": args.checkpoint},
+            "comicdiff": lambda: {"adapter": args.adapter, "alpha": args.alpha},
         }
         methods = {}
         for name in args.methods:
@@ -356,7 +359,7 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
             except stylizers.MethodUnavailable as err:
                 print(f"evaluate: {name} skipped: {err}", file=sys.stderr)
                 continue
-            except ValueError as err:
+            except (ValueError, FileNotFoundError) as err:
                 print(f"evaluate: {err}", file=sys.stderr)
                 return 2
         table = evaluation.evaluate(methods, test.photos, test.comics)
@@ -381,7 +384,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = 
     "course": ("execute every notebook headless", _course),
     "bench": ("benchmarks (timings on this machine)", _bench),
     "evaluate": ("score stylizers on the held-out face2comics pairs", _evaluate),
-    "stylize": ("turn portrait photos into comics (--method nst, pix2pix)", _stylize),
+    "stylize": ("turn portrait photos into comics (--method nst, pix2pix, comicdiff)", _stylize),
     "train-pix2pix": ("train a pix2pix generator on paired photos and comics", _train_pix2pix),
 }
 

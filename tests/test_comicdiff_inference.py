@@ -171,3 +171,17 @@ def test_training_entry_point_on_a_folder(tmp_path, mirror):
     assert info["step"] == 2 and info["rank"] == 8 and info["size"] == [32, 32]
     with pytest.raises(SystemExit, match="photos"):
         train.main(["--data", str(out), "--out", str(tmp_path / "x")])
+
+
+def test_evaluate_cli_scores_a_comicdiff_adapter(offline_run, tmp_path_factory, capsys):
+    import json
+
+    run, _ = offline_run
+    out = tmp_path_factory.mktemp("eval") / "eval.json"
+    assert cli.main(["evaluate", "--methods", "identity", "comicdiff", "--adapter", str(run / "lora-r2" / "adapter"),
+                     "--size", "32", "--limit", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["identity", "comicdiff"]
+    assert 0 <= rows[1]["mse"] <= 1
+    assert cli.main(["evaluate", "--methods", "comicdiff", "--size", "32"]) == 2
+    assert "adapter" in capsys.readouterr().err
