@@ -181,6 +181,8 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
                        "reconstruction, 1 = as trained")
         g.add_argument("--denoiser", metavar="DIR", help="offline path's pre-trained U-Net "
                        "(default: the denoiser/ folder next to the run)")
+        g.add_argument("--align-face", action="store_true", help="detect and align the face "
+                       "(dlib 5 landmarks) before translating, as the training pairs are framed")
 
     def comicdiff_model(args):
         from .comicdiff import load_translator
@@ -195,7 +197,16 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         return args._comicdiff
 
     def comicdiff_run(photo, args):
-        return comicdiff_model(args).translate(photo, args.alpha)
+        from .comicdiff import translate_faces
+        from .faces import NoFaceFound
+
+        model = comicdiff_model(args)
+        if args.align_face:
+            try:
+                return translate_faces(model, photo, size=args.size, alpha=args.alpha)[1]
+            except NoFaceFound as err:
+                sub.error(f"--align-face: {err}")
+        return model.translate(photo, args.alpha)
 
     methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments,
                        nst_run),

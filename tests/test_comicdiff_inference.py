@@ -185,3 +185,15 @@ def test_evaluate_cli_scores_a_comicdiff_adapter(offline_run, tmp_path_factory, 
     assert 0 <= rows[1]["mse"] <= 1
     assert cli.main(["evaluate", "--methods", "comicdiff", "--size", "32"]) == 2
     assert "adapter" in capsys.readouterr().err
+
+
+def test_translate_faces_aligns_then_translates(mirror):
+    from comicutils import data, faces
+
+    m = _randomise(tiny_model().add_lora(2))
+    photo = data.astronaut(256)
+    aligned, comics = cd.translate_faces(m, photo, size=64)
+    assert aligned.shape == comics.shape == (1, 3, 64, 64)
+    assert torch.allclose(comics, m.translate(aligned), atol=1e-6)
+    with pytest.raises(faces.NoFaceFound, match="image 0"):
+        cd.translate_faces(m, torch.full((1, 3, 64, 64), 0.5), size=64)

@@ -16,7 +16,7 @@ from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID
 from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_lora_parameters,
                    load_adapter, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
 from .model import (DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, img2img, load_translator,
-                    perceptual_loss, unet_calls_img2img)
+                    perceptual_loss, translate_faces, unet_calls_img2img)
 from .train import (LatentPairs, NonFiniteLoss, TrainConfig, TrainResult, encode_images, encode_pairs,
                     add_noise, alpha_sweep, denoising_error, evaluate_translation, predict_clean, pretrain_denoiser,
                     train_lora)

@@ -26,7 +26,7 @@ from . import lora
 from .components import Components
 
 __all__ = ["DEFAULT_TIMESTEP", "ComicDiff", "PerceptualDistance", "ComicDiffLoss", "perceptual_loss",
-           "load_translator", "img2img", "unet_calls_img2img"]
+           "load_translator", "img2img", "unet_calls_img2img", "translate_faces"]
 
 DEFAULT_TIMESTEP = 1
 """Seed 000 runs the U-Net once at t = 1 (the least-noisy training timestep)."""
@@ -306,3 +306,26 @@ def img2img(model: ComicDiff, images: torch.Tensor, *, steps: int = 50, strength
 def unet_calls_img2img(steps: int = 50, strength: float = 0.75) -> int:
     """How many U-Net calls :func:`img2img` makes."""
     return steps - int(steps * (1 - strength))
+
+
+def translate_faces(model: ComicDiff, images, *, size: int | None = None, alpha: float | None = None,
+                    batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Face-aligned translation: each image's largest face is found and aligned with dlib's
+    5 landmarks (:func:`comicutils.faces.align_face`, FFHQ-like framing, as the training
+    pairs are framed), then translated. ``size`` defaults to the adapter's training size.
+
+    ``images``: (N, 3, H, W) in [0, 1] or a list of image-likes. Returns (aligned, comics),
+    both (N, 3, size, size). Raises :class:`comicutils.faces.NoFaceFound` naming the image.
+    """
+    from ..faces import NoFaceFound, align_face
+
+    size = int(size or (getattr(model, "info", {}) or {}).get("size", [256])[0])
+    items = list(images) if not isinstance(images, torch.Tensor) or images.ndim == 4 else [images]
+    aligned = []
+    for i, img in enumerate(items):
+        try:
+            aligned.append(align_face(img, size=size))
+        except NoFaceFound as err:
+            raise NoFaceFound(f"image {i}: {err}") from err
+    aligned = torch.cat(aligned)
+    return aligned, model.translate(aligned, alpha, batch_size=batch_size)
