@@ -82,3 +82,14 @@ def test_heatmap_and_rows_figures():
     assert len(f2.axes) == 6
     plt.close(f1)
     plt.close(f2)
+
+
+def test_the_wheel_ships_every_subpackage():
+    """A non-editable install (Colab's pip install git+...) must include comicdiff/ and stylegan/."""
+    import tomllib
+
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "packages" in setuptools_cfg, "pyproject.toml must say which packages ship"
+    include = setuptools_cfg["packages"]["find"]["include"]
+    assert "comicutils" in include and "comicutils.*" in include
+    assert (ROOT / "comicutils" / "comicdiff" / "__init__.py").is_file()
