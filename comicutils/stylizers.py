@@ -239,7 +239,7 @@ class ComicDiffStylizer(Stylizer):
             if self.adapter is None:
                 raise ValueError("comicdiff needs adapter=... or model=...")
             self.model = load_translator(self.adapter, denoiser=self.denoiser, merge=self.merge)
-            self.weights = f"adapter {Path(self.adapter).name} ({self.model.path} path)"
+            self.weights = f"adapter {Path(self.adapter).parent.name}/{Path(self.adapter).name} ({self.model.path} path)"
         else:
             self.weights = f"in-memory model ({self.model.path} path)"
         info = getattr(self.model, "info", {}) or {}
