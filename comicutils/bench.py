@@ -326,3 +326,53 @@ def run_comicdiff(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 f.write(text)
     return 0
+
+
+def comicdiff_training_memory(*, size: int = 768, batch: int = 4, config: str = "sd21", rank: int = 8,
+                              gradient_checkpointing: bool = False, dtype: str = "bf16",
+                              device: str = "cuda") -> dict:
+    """Peak GPU memory of one ComicDiff LoRA training step (forward through U-Net and decoder,
+    loss, backward, AdamW step) at ``batch`` images of ``size`` px.
+
+    ``config="sd21"`` builds SD 2.1's U-Net and VAE from their configs with random weights
+    (memory depends on shapes, not values); frozen weights in ``dtype``, LoRA in fp32, MSE
+    loss only (the LPIPS network adds a fixed ~60 MB). CUDA only: CPU memory has no peak counter.
+    """
+    import torch
+
+    from . import comicdiff as cd
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        raise RuntimeError("comicdiff_training_memory needs a CUDA device (torch.cuda peak counters)")
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    if config == "sd21":
+        from diffusers import AutoencoderKL
+        with torch.device(device):
+            unet = cd.build_unet(cd.SD21_UNET_CONFIG).to(dt)
+            vae = AutoencoderKL.from_config(cd.components.SD21_VAE_CONFIG).to(dt)
+        comp = cd.Components("sd21", cd.SDVAECodec(vae), unet,
+                             torch.randn(1, 77, unet.config.cross_attention_dim), dict(cd.SD21_SCHEDULER_CONFIG))
+    else:
+        comp = cd.offline_components(announce=False)
+    model = cd.ComicDiff(comp).to(device)
+    model.add_lora(rank)
+    if gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.unet.train()
+    opt = torch.optim.AdamW(cd.lora_parameters(model.unet), lr=1e-5)
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.rand(batch, 3, size, size, device=device)
+    with torch.no_grad():
+        z = model.encode(x)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.autocast("cuda", dtype=dt):
+        loss = torch.nn.functional.mse_loss(model(latents=z).float(), y)
+    loss.backward()
+    opt.step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"size": size, "batch": batch, "config": config, "dtype": dtype, "rank": rank,
+            "gradient_checkpointing": gradient_checkpointing, "weights_GiB": base / 2**30,
+            "peak_GiB": peak / 2**30}

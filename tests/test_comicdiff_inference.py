@@ -197,3 +197,11 @@ def test_translate_faces_aligns_then_translates(mirror):
     assert torch.allclose(comics, m.translate(aligned), atol=1e-6)
     with pytest.raises(faces.NoFaceFound, match="image 0"):
         cd.translate_faces(m, torch.full((1, 3, 64, 64), 0.5), size=64)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_training_memory_needs_cuda():
+    from comicutils import bench
+
+    with pytest.raises(RuntimeError, match="CUDA"):
+        bench.comicdiff_training_memory(device="cpu")
