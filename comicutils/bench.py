@@ -207,12 +207,7 @@ def comicdiff_timings(*, size: int = 256, config: str = "offline", device: str =
         if config == "offline":
             comp = cd.offline_components(announce=False)
         elif config == "sd21":
-            from diffusers import AutoencoderKL
-            with torch.device(device):
-                unet = cd.build_unet(cd.SD21_UNET_CONFIG).to(dt)
-                vae = AutoencoderKL.from_config(cd.components.SD21_VAE_CONFIG).to(dt)
-            comp = cd.Components("sd21", cd.SDVAECodec(vae), unet,
-                                 torch.randn(1, 77, unet.config.cross_attention_dim), dict(cd.SD21_SCHEDULER_CONFIG))
+            comp = cd.components.random_sd21_components(device, dt)
         else:
             raise ValueError(f"config must be 'offline' or 'sd21'; got {config!r}")
         model = cd.ComicDiff(comp)
@@ -346,12 +341,7 @@ def comicdiff_training_memory(*, size: int = 768, batch: int = 4, config: str = 
         raise RuntimeError("comicdiff_training_memory needs a CUDA device (torch.cuda peak counters)")
     dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     if config == "sd21":
-        from diffusers import AutoencoderKL
-        with torch.device(device):
-            unet = cd.build_unet(cd.SD21_UNET_CONFIG).to(dt)
-            vae = AutoencoderKL.from_config(cd.components.SD21_VAE_CONFIG).to(dt)
-        comp = cd.Components("sd21", cd.SDVAECodec(vae), unet,
-                             torch.randn(1, 77, unet.config.cross_attention_dim), dict(cd.SD21_SCHEDULER_CONFIG))
+        comp = cd.components.random_sd21_components(device, dt)
     else:
         comp = cd.offline_components(announce=False)
     model = cd.ComicDiff(comp).to(device)

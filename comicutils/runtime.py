@@ -236,22 +236,31 @@ def atomic_path(path: str | os.PathLike):
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False):
     """Build a folder all-or-nothing: ``with atomic_dir(d) as tmp: fill(tmp)``.
 
-    ``path`` must not exist or be empty. The folder is built as a temporary sibling and
-    renamed into place when the block succeeds; on failure the temporary folder is removed.
+    ``path`` must not exist or be empty, unless ``overwrite=True``: then an existing folder is
+    replaced only once the new one is complete (moved aside, new one renamed in, old removed).
+    The folder is built as a temporary sibling and renamed into place when the block succeeds;
+    on failure the temporary folder is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not empty")
+    replace = path.exists() and any(path.iterdir())
+    if replace and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
-        if path.exists():
-            path.rmdir()
-        os.replace(tmp, path)
+        if replace:
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            os.replace(path, old / "old")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if path.exists():
+                path.rmdir()
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -44,3 +44,13 @@ def portrait_paths(mirror) -> list[Path]:
     paths = sorted((mirror / "interfaces" / "256").glob("*.jpg"))
     assert len(paths) == 30, "the mirror should hold the 30 CC0 portraits"
     return paths
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (no OpenMP hand-offs), and much faster when another
+    process keeps the cores busy. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,12 +22,7 @@ TINY_UNET = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyCodec(LatentCodec):
@@ -362,3 +357,11 @@ def test_predict_clean_inverts_add_noise_for_a_perfect_predictor():
                 return type("Out", (), {"sample": target})()
 
         assert torch.allclose(cd.predict_clean(Oracle(), zt, t, torch.zeros(1, 1, 8), cfg), z, atol=1e-5)
+
+
+def test_random_sd21_components_have_the_real_shapes():
+    comp = cd.components.random_sd21_components("meta")
+    assert comp.path == "sd21" and comp.prediction_type == "v_prediction"
+    assert (comp.codec.latent_channels, comp.codec.downscale_factor, comp.codec.scaling_factor) == (4, 8, 0.18215)
+    assert sum(p.numel() for p in comp.unet.parameters()) == 865_910_724
+    assert comp.prompt_embeds.shape == (1, 77, 1024)

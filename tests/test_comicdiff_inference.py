@@ -13,12 +13,7 @@ from test_comicdiff import TINY_UNET, images, tiny_model
 SMALL32 = {**TINY_UNET, "in_channels": 32, "out_channels": 32}   # fits taef2's 32 latent channels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(model, std=0.1, seed=0):

