@@ -176,12 +176,10 @@ def build_unet(config: dict | None = None, *, seed: int = 0, device: str | torch
     from diffusers import UNet2DConditionModel
 
     config = dict(SMALL_UNET_CONFIG if config is None else config)
-    if str(device) == "meta":
-        with torch.device("meta"):
-            return UNet2DConditionModel.from_config(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel.from_config(config).to(device)
+        with torch.device(device):                 # built in place: no CPU copy, meta = no memory
+            return UNet2DConditionModel.from_config(config)
 
 
 def fixed_prompt_embedding(dim: int, tokens: int = OFFLINE_PROMPT_TOKENS, seed: int = 0) -> torch.Tensor:
@@ -242,8 +240,8 @@ def random_sd21_components(device: str | torch.device = "cpu", dtype: torch.dtyp
     arithmetic and shapes as the real model), never for images."""
     from diffusers import AutoencoderKL
 
+    unet = build_unet(SD21_UNET_CONFIG, device=device).to(dtype)
     with torch.device(device):
-        unet = build_unet(SD21_UNET_CONFIG).to(dtype)
         vae = AutoencoderKL.from_config(SD21_VAE_CONFIG).to(dtype)
     prompt = torch.randn(1, 77, unet.config.cross_attention_dim)
     return Components("sd21", SDVAECodec(vae), unet, prompt, dict(SD21_SCHEDULER_CONFIG),
