@@ -174,3 +174,37 @@ class FeatureExtractor(nn.Module):
             if i in self.blocks:
                 out[i] = x
         return out
+
+
+def feature_distance(features_a: dict[int, torch.Tensor], features_b: dict[int, torch.Tensor],
+                     blocks: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The LPIPS recipe without its learned channel weights, on feature dicts from
+    :class:`FeatureExtractor`: per block, unit-normalise each position's channel vector, sum the
+    squared differences over channels, average over positions; then average over blocks.
+    Returns (N,), 0 for identical features, at most 4."""
+    blocks = tuple(features_a) if blocks is None else tuple(blocks)
+    if not blocks:
+        raise ValueError("feature_distance needs at least one block")
+    total = 0.0
+    for k in blocks:
+        a, b = features_a[k], features_b[k]
+        a = a / (a.norm(dim=1, keepdim=True) + 1e-10)
+        b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
+        total = total + ((a - b) ** 2).sum(dim=1).mean(dim=(1, 2))
+    return total / len(blocks)
+
+
+class PerceptualDistance(nn.Module):
+    """:func:`feature_distance` between two image batches (N, 3, H, W) in [0, 1] -> (N,).
+
+    The course's offline stand-in for LPIPS-VGG *as a training loss* (ComicDiff, StyleGAN
+    fine-tuning); never reported as an LPIPS metric. Frozen; gradients flow to the inputs.
+    """
+
+    def __init__(self, blocks: tuple[int, ...] = (1, 5, 9), encoder: nn.Sequential | None = None):
+        super().__init__()
+        self.features = FeatureExtractor(blocks=blocks, encoder=encoder)
+        self.requires_grad_(False).eval()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return feature_distance(self.features(pred), self.features(target))

@@ -45,3 +45,17 @@ def test_feature_extractor_returns_the_requested_blocks(mirror):
         1: (1, 64, 64, 64), 5: (1, 64, 32, 32), 9: (1, 64, 16, 16), 13: (1, 64, 8, 8)}
     with pytest.raises(ValueError):
         taesd.FeatureExtractor((14,))
+
+
+def test_perceptual_distance_is_zero_for_identical_images_and_bounded(mirror):
+    d = taesd.PerceptualDistance()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    assert torch.allclose(d(x, x), torch.zeros(2), atol=1e-6)
+    diff = d(x, y)
+    assert (diff > 0).all() and (diff <= 4).all()
+    fx, fy = d.features(x), d.features(y)
+    per_block = [taesd.feature_distance(fx, fy, (k,)) for k in fx]
+    assert torch.allclose(diff, sum(per_block) / len(per_block), atol=1e-6)     # mean over blocks
+    with pytest.raises(ValueError, match="at least one block"):
+        taesd.feature_distance(fx, fy, ())

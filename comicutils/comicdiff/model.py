@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..images import check_image_tensor
+from ..taesd import PerceptualDistance
 from ..runtime import substitute_banner
 from . import lora
 from .components import Components
@@ -158,32 +159,6 @@ class ComicDiff(nn.Module):
 
 
 # --------------------------------------------------------------------------- losses
-class PerceptualDistance(nn.Module):
-    """An LPIPS-shaped distance on taef2 encoder features, the offline stand-in for LPIPS-VGG
-    *as a training loss* (never reported as an LPIPS metric).
-
-    For each feature block: unit-normalise the channel vector at every position, squared
-    difference summed over channels, averaged over positions; then averaged over blocks.
-    Inputs (N, 3, H, W) in [0, 1]; output (N,), 0 for identical images, at most 4.
-    """
-
-    def __init__(self, blocks: tuple[int, ...] = (1, 5, 9)):
-        super().__init__()
-        from ..taesd import FeatureExtractor
-
-        self.features = FeatureExtractor(blocks=blocks)
-        self.requires_grad_(False).eval()
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fp, ft = self.features(pred), self.features(target)
-        total = 0.0
-        for k in fp:
-            a = fp[k] / (fp[k].norm(dim=1, keepdim=True) + 1e-10)
-            b = ft[k] / (ft[k].norm(dim=1, keepdim=True) + 1e-10)
-            total = total + ((a - b) ** 2).sum(dim=1).mean(dim=(1, 2))
-        return total / len(fp)
-
-
 class _LPIPSLoss(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime import get_mode, substitute_banner
+from ..taesd import feature_distance
 
 LAMBDA_ID = 0.1
 """Seed 001: weight of the identity term inside the semantic constraint."""
@@ -32,10 +33,6 @@ _LPIPS_SUB = ("LPIPS (VGG-16, learned weights)",
               "LPIPS-style distance on taef2 encoder features (unit-normalised channels, equal weights)")
 _ID_SUB = ("identity loss of a face-recognition network (ArcFace-type, differentiable)",
            "cosine distance of pooled taef2 block-13 features (generic appearance, not a face recogniser)")
-
-
-def _normalise(f: torch.Tensor) -> torch.Tensor:
-    return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
 
 
 class FeatureDistances(nn.Module):
@@ -76,8 +73,7 @@ class FeatureDistances(nn.Module):
         return self.extractor(x)
 
     def from_features(self, fa: dict, fb: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        perc = torch.stack([(_normalise(fa[k]) - _normalise(fb[k])).pow(2).sum(1).mean((1, 2))
-                            for k in self.lpips_blocks]).mean(0)
+        perc = feature_distance(fa, fb, self.lpips_blocks)
         ia, ib = fa[self.id_block].mean((2, 3)), fb[self.id_block].mean((2, 3))
         ident = 1 - F.cosine_similarity(ia, ib, dim=1)
         return perc, ident
