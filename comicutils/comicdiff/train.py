@@ -253,8 +253,18 @@ def _lora_state(model: ComicDiff) -> dict[str, torch.Tensor]:
 
 
 def _write_checkpoint(model, out_dir: Path, config: TrainConfig, optimizer, step: int, epoch: int,
-                      history: list[dict], name: str) -> Path:
+                      history: list[dict], name: str, accelerator=None) -> Path:
     target = out_dir / name
+    if accelerator is not None:                  # several processes: only the main one writes,
+        accelerator.wait_for_everyone()          # from the unwrapped (non-DDP) U-Net
+        if not accelerator.is_main_process:
+            return target
+        wrapped = model.unet
+        model.unet = accelerator.unwrap_model(wrapped)
+        try:
+            return _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, name)
+        finally:
+            model.unet = wrapped
     model.save_adapter(target, {"step": step, "epoch": epoch, "config": config.to_dict(),
                                 "path": model.path, "timestep": model.timestep}, overwrite=True)
     state = {"step": torch.tensor(step), "epoch": torch.tensor(epoch), "lora": _lora_state(model),
@@ -360,12 +370,14 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
             if out_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest")
+                _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest",
+                                  accelerator)
         epoch += 1
     bar.close()
+    model.unet = accelerator.unwrap_model(model.unet)
     model.eval()
     result.history, result.steps, result.seconds = history, step, time.perf_counter() - start
-    if out_dir is not None:
+    if out_dir is not None and accelerator.is_main_process:
         _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest")
         size = list(dataset[0]["comic"].shape[-2:]) if len(dataset) else None
         result.adapter_dir = model.save_adapter(
