@@ -79,36 +79,71 @@ def alpha_readout(state: AlphaState, image: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def _png(image: torch.Tensor, scale: int = 2) -> bytes:
+DISPLAY_PX = 192
+"""Side of each image in the explorers, in screen pixels: three images and the controls fit a
+1366×768 screen without scrolling, whatever the model's resolution."""
+
+
+def _png(image: torch.Tensor, size: int = DISPLAY_PX) -> bytes:
+    """PNG bytes of one image resized to ``size`` × ``size`` (nearest-neighbour when enlarging,
+    so small models show their real pixels)."""
+    from PIL import Image
+
     pil = to_pil(image[0] if image.ndim == 4 else image)
-    pil = pil.resize((pil.width * scale, pil.height * scale))
+    resample = Image.Resampling.NEAREST if pil.width < size else Image.Resampling.LANCZOS
     buf = io.BytesIO()
-    pil.save(buf, format="PNG")
+    pil.resize((size, size), resample).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def _fmt(readout: dict[str, float]) -> str:
-    return " · ".join(f"{k}: {'n/a' if math.isnan(v) else f'{v:.3f}'}" for k, v in readout.items())
+    return "<br>".join(f"{k}: <b>{'n/a' if math.isnan(v) else f'{v:.3f}'}</b>" for k, v in readout.items())
+
+
+def _panel(widget, title: str):
+    import ipywidgets as W
+
+    return W.VBox([W.HTML(f"<b>{title}</b>"), widget], layout=W.Layout(align_items="center"))
+
+
+def _image_widget(png: bytes | None = None, size: int = DISPLAY_PX):
+    import ipywidgets as W
+
+    img = W.Image(format="png", layout=W.Layout(width=f"{size}px", height=f"{size}px"))
+    if png is not None:
+        img.value = png
+    return img
 
 
 def alpha_slider(state: AlphaState, *, alpha: float = 1.0, low: float = 0.0, high: float = 1.5,
-                 step: float = 0.05, scale: int = 2):
-    """An ipywidgets α slider over a prepared state: image + live readout."""
+                 step: float = 0.05, size: int = DISPLAY_PX):
+    """An ipywidgets α explorer over a prepared state.
+
+    One row: photo | ComicDiff at α | the artist's comic (when known), each ``size`` px square;
+    below it the slider with the readout beside it. Moving the slider costs one decode.
+    """
     import ipywidgets as W
 
-    slider = W.FloatSlider(value=alpha, min=low, max=high, step=step, description="α",
-                           continuous_update=True, readout_format=".2f")
-    image = W.Image(format="png")
-    text = W.HTML()
+    slider = W.FloatSlider(value=alpha, min=low, max=high, step=step, description="α (blend)",
+                           continuous_update=True, readout_format=".2f",
+                           layout=W.Layout(width=f"{2 * size}px"))
+    image = _image_widget(size=size)
+    text = W.HTML(layout=W.Layout(width=f"{size + 40}px"))
+    panels = [_panel(_image_widget(_png(state.photo, size), size), "photo"),
+              _panel(image, "ComicDiff at α")]
+    if state.target is not None:
+        panels.append(_panel(_image_widget(_png(state.target, size), size), "artist's comic"))
 
     def update(change=None):
         out = render_alpha(state, slider.value)
-        image.value = _png(out, scale)
+        image.value = _png(out, size)
         text.value = _fmt(alpha_readout(state, out))
 
     slider.observe(update, names="value")
     update()
-    return W.VBox([slider, image, text])
+    box = W.VBox([W.HBox(panels), W.HBox([slider, text], layout=W.Layout(align_items="center"))])
+    box.slider, box.image, box.readout = slider, image, text      # handles for code and tests
+    return box
 
 
 # --------------------------------------------------------------------------- ranks
@@ -143,19 +178,31 @@ def render_rank(entries: list[RankEntry], rank: int, photo: torch.Tensor, alpha:
     return image, desc
 
 
-def rank_explorer(entries: list[RankEntry], photo: torch.Tensor, *, scale: int = 2):
-    """An ipywidgets rank switch (toggle buttons) showing image, parameter count and metrics."""
+def rank_explorer(entries: list[RankEntry], photo: torch.Tensor, *, rank: int | None = None,
+                  size: int = DISPLAY_PX):
+    """An ipywidgets rank switch (toggle buttons): the photo and its translation at the chosen
+    rank side by side, ``size`` px each, with the parameter count and held-out metrics beside
+    them. Opens on ``rank`` (default: the largest rank, the one trained like the write-up)."""
     import ipywidgets as W
 
-    buttons = W.ToggleButtons(options=[e.rank for e in entries], description="rank")
-    image = W.Image(format="png")
-    text = W.HTML()
+    ranks = [e.rank for e in entries]
+    start = max(ranks) if rank is None else rank
+    if start not in ranks:
+        raise ValueError(f"no adapter of rank {start}; have {ranks}")
+    buttons = W.ToggleButtons(options=ranks, value=start, description="LoRA rank")
+    image = _image_widget(size=size)
+    text = W.HTML(layout=W.Layout(width=f"{size + 60}px"))
 
     def update(change=None):
         out, desc = render_rank(entries, buttons.value, photo)
-        image.value = _png(out, scale)
-        text.value = " · ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v:.3f}" for k, v in desc.items())
+        image.value = _png(out, size)
+        text.value = "<br>".join(f"{k}: <b>{v:,}</b>" if isinstance(v, int) else f"{k}: <b>{v:.3f}</b>"
+                                 for k, v in desc.items())
 
     buttons.observe(update, names="value")
     update()
-    return W.VBox([buttons, image, text])
+    photo_img = _image_widget(_png(photo.unsqueeze(0) if photo.ndim == 3 else photo, size), size)
+    box = W.VBox([buttons, W.HBox([_panel(photo_img, "photo"), _panel(image, "translation"), text],
+                                  layout=W.Layout(align_items="center"))])
+    box.buttons, box.image, box.readout = buttons, image, text
+    return box

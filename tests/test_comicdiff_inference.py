@@ -67,8 +67,13 @@ def test_alpha_widget_functions_match_translate():
         widgets.prepare_alpha(m, images(2, 32), identity=False)
     with pytest.raises(ValueError, match="multiples"):
         widgets.prepare_alpha(m, images(1, 30), identity=False)
-    box = widgets.alpha_slider(state)
-    assert box.children[1].value[:4] == b"\x89PNG"
+    box = widgets.alpha_slider(state, alpha=1.0)
+    assert box.image.value[:4] == b"\x89PNG"
+    assert box.image.layout.width == f"{widgets.DISPLAY_PX}px"               # fixed display size
+    assert len(box.children[0].children) == 3                                 # photo | ComicDiff | comic
+    before_image, before_text = box.image.value, box.readout.value
+    box.slider.value = 0.0                                                     # moving the slider re-renders
+    assert box.image.value != before_image and box.readout.value != before_text
 
 
 def test_rank_explorer_functions():
@@ -82,7 +87,11 @@ def test_rank_explorer_functions():
     assert desc["LoRA parameters"] == entries[1].trainable and "ssim" in desc
     with pytest.raises(ValueError, match="no adapter of rank 2"):
         widgets.render_rank(entries, 2, photos[0])
-    assert widgets.rank_explorer(entries, photos[0]).children[0].options == (1, 4)
+    explorer = widgets.rank_explorer(entries, photos[0])
+    assert explorer.buttons.options == (1, 4) and explorer.buttons.value == 4   # opens on the largest rank
+    assert widgets.rank_explorer(entries, photos[0], rank=1).buttons.value == 1
+    with pytest.raises(ValueError, match="no adapter of rank 2"):
+        widgets.rank_explorer(entries, photos[0], rank=2)
 
 
 def test_comicdiff_stylizer_keeps_size_and_range():
