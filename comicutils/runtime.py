@@ -1,4 +1,4 @@
-"""Run mode, device choice, seeding, progress bars and the "substitute in use" banner.
+"""Run mode, device choice, seeding, progress bars, banners and where outputs go.
 
 Everything in the course that depends on *how much* work to do reads the mode from here,
 and from nowhere else:
@@ -33,7 +33,10 @@ MODES = ("smoke", "auto", "full")
 MODE_ENV = "COMICUTILS_MODE"
 DEVICE_ENV = "COMICUTILS_DEVICE"
 FIGURES_ENV = "COMICUTILS_FIGURES"
+RUNS_ENV = "COMICUTILS_RUNS"
 PROGRESS_ENV = "COMICUTILS_PROGRESS"
+INSTALLED_RUNS = "comicutils-runs"        # under the working folder, for an installed package
+INSTALLED_FIGURES = "comicutils-figures"
 
 T = TypeVar("T")
 
@@ -204,6 +207,44 @@ def reset_substitutes() -> None:
     _SUBSTITUTES.clear()
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A note the reader should not miss that is *not* a substitution, e.g. "chapter 04's
+    adapter was not found, so a quick one is trained here". Shown as a blue box in Jupyter
+    (the orange box is reserved for :class:`Substitute`), one ``NOTE`` line elsewhere."""
+
+    title: str
+    lines: tuple[str, ...] = ()
+    mode: str = field(default_factory=get_mode)
+
+    def text(self) -> str:
+        return f"NOTE [{self.mode} mode]: {self.title}. " + " ".join(self.lines)
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<br>{html.escape(line)}" for line in self.lines)
+        return (
+            '<div style="border:2px solid #1971c2;background:#e7f5ff;color:#0b3d6e;'
+            'padding:8px 12px;margin:6px 0;border-radius:6px;font-family:sans-serif">'
+            f'<b>&#9432; {html.escape(self.title)}</b> <small>({html.escape(self.mode)} mode)</small>'
+            f'{body}</div>'
+        )
+
+
+def notice_banner(title: str, *lines: str) -> Notice:
+    """Show a :class:`Notice` (blue box in Jupyter, a ``NOTE`` line on stdout elsewhere)."""
+    note = Notice(title, tuple(lines))
+    if _in_notebook():
+        from IPython.display import display
+
+        display(note)
+    else:
+        print(note.text(), flush=True)
+    return note
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
@@ -267,6 +308,18 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False):
 
 
 # --------------------------------------------------------------------------- paths
+# Where outputs go. Three situations, one rule each (the override variable always wins):
+#
+#                      checkout (notebooks/ beside the package)   installed package (e.g. Colab)
+#   run folders        data/runs/NN                                ./comicutils-runs/NN
+#     smoke mode       build/smoke-runs/NN                         ./comicutils-runs/smoke/NN
+#   figures            figures/                                    ./comicutils-figures/
+#     smoke mode       build/smoke-figures/                        ./comicutils-figures/smoke/
+#
+# "./" is the working folder (a notebook's own folder in Jupyter, /content on Colab).
+# COMICUTILS_RUNS=DIR puts run folders in DIR/NN (smoke mode: DIR/smoke/NN);
+# COMICUTILS_FIGURES=DIR puts figures in DIR in every mode.
+
 def project_root() -> Path | None:
     """The course checkout holding this package, or ``None`` for a plain installed package."""
     here = Path(__file__).resolve().parent.parent
@@ -275,19 +328,67 @@ def project_root() -> Path | None:
     return None
 
 
-def figures_dir() -> Path:
-    """Where notebooks save figures.
+def runs_root() -> Path:
+    """The folder holding every chapter's run folder (not created here).
 
-    ``COMICUTILS_FIGURES`` if set; otherwise ``figures/`` of the checkout in auto and full
-    mode, and ``build/smoke-figures/`` in smoke mode, so a CI run never overwrites the
-    figures the README shows with tiny smoke-mode ones.
+    ``COMICUTILS_RUNS`` if set; otherwise ``data/runs/`` of a checkout, or ``comicutils-runs/``
+    in the working folder for an installed package. Smoke mode uses a ``smoke`` folder of its
+    own (``build/smoke-runs/`` in a checkout, ``<root>/smoke/`` elsewhere), so a test run never
+    mixes its tiny artefacts with a real run's.
+    """
+    smoke = get_mode() == "smoke"
+    env = os.environ.get(RUNS_ENV, "").strip()
+    if env:
+        root = Path(env).expanduser()
+        return root / "smoke" if smoke else root
+    checkout = project_root()
+    if checkout is not None:
+        return checkout / ("build/smoke-runs" if smoke else "data/runs")
+    root = Path.cwd() / INSTALLED_RUNS
+    return root / "smoke" if smoke else root
+
+
+def chapter_name(chapter: int | str) -> str:
+    """``4``, ``"4"`` or ``"04"`` -> ``"04"`` (the two-digit prefix of a chapter's notebook)."""
+    text = str(chapter).strip()
+    if isinstance(chapter, bool) or not text.isdigit() or not 0 <= int(text) <= 99:
+        raise ValueError(f"a chapter is a number from 0 to 99 (e.g. 4 or '04'), not {chapter!r}")
+    return f"{int(text):02d}"
+
+
+def run_dir(chapter: int | str, *, create: bool = True) -> Path:
+    """Chapter ``chapter``'s run folder: ``<runs_root()>/NN`` (see :func:`runs_root`).
+
+    A notebook opens its own folder with ``create=True`` (the default): the folder is created,
+    and in smoke mode emptied first, so every smoke run starts from nothing (no resumed
+    checkpoint, no file from an earlier run). Code that only *looks* for another chapter's
+    results passes ``create=False`` and gets the path whether or not it exists.
+    """
+    path = runs_root() / chapter_name(chapter)
+    if create:
+        if get_mode() == "smoke" and path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir() -> Path:
+    """Where notebooks save figures (created on demand).
+
+    ``COMICUTILS_FIGURES`` if set; otherwise ``figures/`` of a checkout in auto and full mode
+    and ``build/smoke-figures/`` in smoke mode (so a CI run never overwrites the figures the
+    README shows); for an installed package ``comicutils-figures/`` in the working folder
+    (``comicutils-figures/smoke/`` in smoke mode).
     """
     env = os.environ.get(FIGURES_ENV, "").strip()
+    smoke = get_mode() == "smoke"
     if env:
         path = Path(env).expanduser()
+    elif (root := project_root()) is not None:
+        path = root / ("build/smoke-figures" if smoke else "figures")
     else:
-        root = project_root() or Path.cwd()
-        path = root / ("build/smoke-figures" if get_mode() == "smoke" else "figures")
+        path = Path.cwd() / INSTALLED_FIGURES
+        path = path / "smoke" if smoke else path
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -313,5 +414,6 @@ def environment_report() -> dict[str, str]:
         "asset cache": str(cache_dir()),
         MIRROR_ENV: os.pathsep.join(str(p) for p in mirror_dirs()) or "(not set)",
         "figures": str(figures_dir()),
+        "run folders": str(runs_root()),
         "executable": sys.executable,
     }

@@ -134,3 +134,90 @@ def test_atomic_dir_overwrite_replaces_only_a_complete_folder(tmp_path):
         (tmp / "b.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]          # no staging folders left
+
+
+# --------------------------------------------------------------------------- where outputs go
+@pytest.fixture
+def no_overrides(monkeypatch):
+    monkeypatch.delenv("COMICUTILS_RUNS", raising=False)
+    monkeypatch.delenv("COMICUTILS_FIGURES", raising=False)
+
+
+def test_the_checkout_is_found_and_an_installed_package_has_none(monkeypatch, tmp_path):
+    root = runtime.project_root()
+    assert root is not None and (root / "comicutils" / "runtime.py").is_file()
+    fake_site = tmp_path / "site-packages" / "comicutils"
+    fake_site.mkdir(parents=True)
+    monkeypatch.setattr(runtime, "__file__", str(fake_site / "runtime.py"))
+    assert runtime.project_root() is None
+
+
+@pytest.mark.usefixtures("no_overrides")
+def test_run_folders_and_figures_in_a_checkout(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "project_root", lambda: tmp_path)
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    assert runtime.run_dir(4) == tmp_path / "data" / "runs" / "04" and (tmp_path / "data/runs/04").is_dir()
+    assert runtime.figures_dir() == tmp_path / "figures"
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")             # never data/runs or figures/
+    assert runtime.run_dir("02") == tmp_path / "build" / "smoke-runs" / "02"
+    assert runtime.figures_dir() == tmp_path / "build" / "smoke-figures"
+
+
+@pytest.mark.usefixtures("no_overrides")
+def test_run_folders_and_figures_of_an_installed_package_go_under_the_working_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "project_root", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    assert runtime.run_dir("05") == tmp_path / "comicutils-runs" / "05"
+    assert runtime.figures_dir() == tmp_path / "comicutils-figures"
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")
+    assert runtime.run_dir(5) == tmp_path / "comicutils-runs" / "smoke" / "05"
+    assert runtime.figures_dir() == tmp_path / "comicutils-figures" / "smoke"
+    assert runtime.environment_report()["run folders"] == str(tmp_path / "comicutils-runs" / "smoke")
+
+
+@pytest.mark.usefixtures("no_overrides")
+def test_override_variables_win_in_every_layout(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "project_root", lambda: tmp_path / "checkout")
+    monkeypatch.setenv("COMICUTILS_RUNS", str(tmp_path / "drive" / "runs"))
+    monkeypatch.setenv("COMICUTILS_FIGURES", str(tmp_path / "drive" / "figures"))
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    assert runtime.run_dir("06") == tmp_path / "drive" / "runs" / "06"
+    assert runtime.figures_dir() == tmp_path / "drive" / "figures"
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")             # smoke runs keep to a folder of their own
+    assert runtime.run_dir("06") == tmp_path / "drive" / "runs" / "smoke" / "06"
+    assert not (tmp_path / "checkout").exists()
+
+
+@pytest.mark.usefixtures("no_overrides")
+def test_a_smoke_run_folder_starts_empty_and_looking_creates_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMICUTILS_RUNS", str(tmp_path))
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    (runtime.run_dir("02") / "U-Net.pt").write_text("a checkpoint")
+    assert (runtime.run_dir("02") / "U-Net.pt").is_file()      # auto/full: kept (runs resume)
+    assert runtime.run_dir("03", create=False) == tmp_path / "03" and not (tmp_path / "03").exists()
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")
+    (runtime.run_dir("02") / "old.pt").write_text("from an earlier smoke run")
+    assert list(runtime.run_dir("02").iterdir()) == []
+    assert (tmp_path / "02" / "U-Net.pt").is_file()             # the real run is untouched
+
+
+@pytest.mark.parametrize("chapter,name", [(4, "04"), ("4", "04"), ("04", "04"), (12, "12")])
+def test_chapter_names(chapter, name):
+    assert runtime.chapter_name(chapter) == name
+
+
+@pytest.mark.parametrize("bad", ["../04", "", "4a", -1, 100, True])
+def test_a_chapter_is_a_number(bad):
+    with pytest.raises(ValueError):
+        runtime.run_dir(bad, create=False)
+
+
+def test_notice_banner_is_not_a_substitute(capsys, monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    note = runtime.notice_banner("Chapter 02's checkpoints not used", "Looked in x.", "Why: none.")
+    out = capsys.readouterr().out
+    assert out.startswith("NOTE [auto mode]: Chapter 02's checkpoints not used.") and "Looked in x." in out
+    assert "SUBSTITUTE" not in out and runtime.substitutes_in_use() == []
+    html = note._repr_html_()
+    assert "Substitute" not in html and "#d9480f" not in html and "Looked in x." in html
