@@ -1,0 +1,266 @@
+"""What one chapter hands to another: find an earlier chapter's result, or train a quick one.
+
+Later chapters reuse what earlier ones trained — chapter 06 scores chapter 02's pix2pix
+generators, chapters 05 and 06 run chapter 04's ComicDiff adapter. A notebook may be opened
+alone, though (on Colab, in an empty folder, with nothing trained yet), so each hand-over is
+one function that
+
+1. looks in the earlier chapter's run folder (:func:`comicutils.runtime.run_dir`, which
+   knows the checkout, installed-package and ``COMICUTILS_RUNS`` layouts) for a result made
+   at the size the caller needs, and uses it when it is there;
+2. otherwise trains a quick stand-in with the same package code the chapter uses, and says so
+   in a blue notice box: what was looked for, where, why it was not used, what is trained
+   instead. (The orange "substitute in use" box means something else: that a real
+   pretrained model is missing.)
+
+Smoke mode never reuses anything (its runs are tiny and must not depend on what ran before):
+it always trains the quick version, and the notice says why.
+
+* :func:`pix2pix_from_chapter_02` — chapter 02's generator checkpoints, or a quick U-Net.
+* :func:`comicdiff_from_chapter_04` — chapter 04's rank-r adapter (plus its pre-trained
+  denoiser on the offline path), or a quick adapter on the components
+  :func:`comicutils.comicdiff.load_components` picks (Stable Diffusion 2.1 when it is in the
+  Hugging Face cache, the offline path with a denoiser pre-trained here otherwise).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .runtime import by_mode, get_device, get_mode, notice_banner, run_dir
+
+__all__ = ["Pix2PixResult", "ComicDiffResult", "pix2pix_from_chapter_02", "comicdiff_from_chapter_04",
+           "course_training_pairs"]
+
+PIX2PIX_CHAPTER = "02"
+COMICDIFF_CHAPTER = "04"
+
+
+def course_training_pairs(size: int):
+    """The course's training pairs at ``size`` px: face2comics v2 preview pairs, the shared
+    split's training part (the held-out pairs never train anything)."""
+    from . import data
+
+    train, _ = data.train_test_pairs(data.face2comics_pairs("v2", size=size))
+    return train
+
+
+def _check_pairs(train, size: int):
+    if train is None:
+        return course_training_pairs(size)
+    if tuple(train.photos.shape[-2:]) != (size, size):
+        raise ValueError(f"training pairs are {tuple(train.photos.shape[-2:])} px, expected {size} x {size}")
+    return train
+
+
+def _announce_quick(what: str, where: Path | None, why: str, instead: str) -> None:
+    looked = f"Looked for {what} in {where}." if where is not None else f"Did not look for {what}."
+    notice_banner(f"{what[0].upper()}{what[1:]} not used: training a quick one here",
+                  looked, f"Why: {why}.", f"Instead: {instead}.")
+
+
+# --------------------------------------------------------------------------- chapter 02
+@dataclass
+class Pix2PixResult:
+    """pix2pix generators for a later chapter, as stylizers ready for
+    :func:`comicutils.evaluation.evaluate` (names ``"pix2pix <generator>"``)."""
+
+    stylizers: dict = field(default_factory=dict)      # method name -> Stylizer
+    checkpoints: list[Path] = field(default_factory=list)   # chapter 02's files used (empty: trained here)
+    trained_here: bool = False
+    looked_in: Path | None = None
+
+
+def _pix2pix_checkpoints(folder: Path, size: int) -> tuple[dict, list[str]]:
+    """Generators at ``size`` px in ``folder`` (``{path: generator}``) and why others were skipped."""
+    from . import pix2pix
+
+    found, skipped = {}, []
+    for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+        try:
+            G = pix2pix.load_generator(path)
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            skipped.append(f"{path.name} (unreadable: {type(err).__name__})")
+            continue
+        got = G.config.get("size")
+        if got == size:
+            found[path] = G
+        else:
+            skipped.append(f"{path.name} ({got} px)")
+    return found, skipped
+
+
+def pix2pix_from_chapter_02(size: int, train=None, *, quick_steps: int | None = None,
+                            quick_ngf: int | None = None, seed: int = 0) -> Pix2PixResult:
+    """Chapter 02's pix2pix generators trained at ``size`` px, or a quick U-Net trained here.
+
+    Looks for ``*.pt`` checkpoints in chapter 02's run folder (``run_dir("02")``) whose
+    generator config says ``size``; each becomes a stylizer named ``"pix2pix <file stem>"``.
+    When there is none (or in smoke mode), a U-Net (``quick_ngf`` filters; default 8 in smoke
+    mode, 64 otherwise) is trained with seed 003's losses for ``quick_steps`` steps (default 3
+    in smoke mode, 320 otherwise) on ``train`` (a :class:`~comicutils.data.PairSet` at
+    ``size``; default :func:`course_training_pairs`), announced by a notice.
+    """
+    from . import data, pix2pix, stylizers
+
+    folder = run_dir(PIX2PIX_CHAPTER, create=False)
+    if get_mode() == "smoke":
+        why = "smoke mode never reuses another chapter's results"
+    else:
+        found, skipped = _pix2pix_checkpoints(folder, size)
+        if found:
+            result = Pix2PixResult(checkpoints=list(found), looked_in=folder)
+            for path, G in found.items():
+                s = stylizers.build("pix2pix", generator=G)
+                s.weights = f"checkpoint {path.name} (chapter {PIX2PIX_CHAPTER})"
+                result.stylizers[f"pix2pix {path.stem}"] = s
+            print(f"pix2pix generators from chapter {PIX2PIX_CHAPTER} ({folder}): "
+                  + ", ".join(p.name for p in found))
+            return result
+        why = (f"no checkpoint at {size} px there" + (f" (found {', '.join(skipped)})" if skipped else "")
+               + f"; run notebook {PIX2PIX_CHAPTER} at this size first to use its generators")
+    steps = quick_steps if quick_steps is not None else by_mode(smoke=3, auto=320)
+    ngf = quick_ngf if quick_ngf is not None else by_mode(smoke=8, auto=64)
+    _announce_quick(f"chapter {PIX2PIX_CHAPTER}'s pix2pix checkpoints", folder, why,
+                    f"a pix2pix U-Net (ngf={ngf}) trained for {steps} steps at {size} px")
+    train = _check_pairs(train, size)
+    G = pix2pix.build_generator("unet", size=size, ngf=ngf)
+    trainer = pix2pix.Pix2PixTrainer(G, pix2pix.PatchDiscriminator())
+    trainer.train(data.PairDataset(train, data.JointAugment(), seed=seed), steps=steps, seed=seed)
+    s = stylizers.build("pix2pix", generator=trainer.generator.eval())
+    s.weights = f"U-Net trained here ({trainer.step} steps)"
+    return Pix2PixResult(stylizers={"pix2pix U-Net": s}, trained_here=True, looked_in=folder)
+
+
+# --------------------------------------------------------------------------- chapter 04
+@dataclass
+class ComicDiffResult:
+    """A ComicDiff translator for a later chapter.
+
+    ``model`` carries its LoRA adapter (eval mode); ``path`` is ``"offline"`` or ``"sd21"``;
+    ``adapter``/``denoiser`` are chapter 04's folders when they were used (``None`` when the
+    model was trained here). :meth:`base_components` gives the same frozen parts *without* the
+    adapter, for training more adapters on the same U-Net (chapter 05's rank sweep).
+    """
+
+    model: torch.nn.Module
+    path: str
+    trained_here: bool
+    adapter: Path | None = None
+    denoiser: Path | None = None
+    looked_in: Path | None = None
+    steps: int | None = None
+    _base: object | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> str:
+        return "trained here" if self.trained_here else f"chapter {COMICDIFF_CHAPTER}"
+
+    def base_components(self):
+        """The frozen components (codec, LoRA-free U-Net, prompt, scheduler) under ``model``."""
+        if self._base is None:                       # an SD 2.1 adapter from chapter 04
+            from . import comicdiff as cd
+
+            self._base = cd.load_components("sd21", device=self.model.prompt_embeds.device)
+        return self._base
+
+    def describe(self) -> str:
+        info = getattr(self.model, "info", {}) or {}
+        what = f"rank-{info.get('rank')} adapter, {info.get('step', self.steps)} steps, {self.path} path"
+        return f"{what}, {self.source}" + (f" ({self.adapter})" if self.adapter else "")
+
+    def stylizer(self, alpha: float = 1.0):
+        """The translator as a :mod:`comicutils.stylizers` method."""
+        from . import stylizers
+
+        s = stylizers.build("comicdiff", model=self.model, alpha=alpha)
+        s.weights = self.describe()
+        return s
+
+
+def _comicdiff_found(folder: Path, size: int, rank: int, device) -> tuple[ComicDiffResult | None, str]:
+    """Chapter 04's adapter at ``size`` px, or ``None`` and the reason it cannot be used."""
+    from . import comicdiff as cd
+
+    adapter = folder / f"lora-r{rank}" / "adapter"
+    try:
+        info = cd.read_adapter_info(adapter)
+    except FileNotFoundError:
+        return None, (f"no rank-{rank} adapter there; run notebook {COMICDIFF_CHAPTER} at this size first "
+                      "to use its adapter")
+    if info.get("size") != [size, size]:
+        got = info.get("size")
+        return None, f"the adapter there was trained at {got[0] if got else '?'} px, not {size} px"
+    path = info.get("path", "offline")
+    if path == "offline":
+        denoiser = folder / "denoiser"
+        if not (denoiser / "config.json").is_file():
+            return None, f"its pre-trained denoiser ({denoiser}) is missing"
+        base = cd.offline_components(denoiser=str(denoiser))      # announces the offline path
+        model = cd.load_translator(adapter, denoiser=denoiser, device=device)
+        return ComicDiffResult(model, path, False, adapter, denoiser, folder, info.get("step"), base), ""
+    try:
+        model = cd.load_translator(adapter, device=device)
+    except cd.SD21Unavailable:
+        return None, "the adapter there was trained on Stable Diffusion 2.1, which cannot be loaded here"
+    return ComicDiffResult(model, path, False, adapter, None, folder, info.get("step")), ""
+
+
+def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_steps: int | None = None,
+                              pretrain_steps: int | None = None, pretrain_batch: int | None = None,
+                              lr: float | None = None, seed: int = 0, unet_config: dict | None = None,
+                              device: str | torch.device | None = None) -> ComicDiffResult:
+    """Chapter 04's ComicDiff adapter trained at ``size`` px, or a quick one trained here.
+
+    Looks in chapter 04's run folder for ``lora-r{rank}/adapter`` whose info says ``size``. The
+    adapter's info also names its path: an offline adapter is used with the pre-trained
+    ``denoiser/`` beside it, an SD 2.1 adapter with Stable Diffusion 2.1 (when it can be
+    loaded). When nothing usable is found (or in smoke mode) the quick version is trained, with
+    a notice: components from ``load_components("auto")`` (SD 2.1 if it is in the Hugging Face
+    cache; otherwise the offline path, whose small U-Net — ``unet_config``, default
+    :data:`~comicutils.comicdiff.SMALL_UNET_CONFIG` — is first pre-trained as a denoiser for
+    ``pretrain_steps`` steps, default 5 in smoke mode and 400 otherwise), then a rank-``rank``
+    LoRA for ``quick_steps`` steps (default 2 in smoke mode, 200 otherwise) at learning rate
+    ``lr`` (default 1e-3 offline, 1e-4 on SD 2.1) on ``train`` (default
+    :func:`course_training_pairs`). ``device`` defaults to
+    :func:`comicutils.runtime.get_device`.
+    """
+    from . import comicdiff as cd
+
+    device = torch.device(device) if device is not None else get_device()
+    folder = run_dir(COMICDIFF_CHAPTER, create=False)
+    if get_mode() == "smoke":
+        why = "smoke mode never reuses another chapter's results"
+    else:
+        found, why = _comicdiff_found(folder, size, rank, device)
+        if found is not None:
+            print(f"ComicDiff from chapter {COMICDIFF_CHAPTER}: {found.describe()}")
+            return found
+    steps = quick_steps if quick_steps is not None else by_mode(smoke=2, auto=200)
+    pre_steps = pretrain_steps if pretrain_steps is not None else by_mode(smoke=5, auto=400)
+    _announce_quick(f"chapter {COMICDIFF_CHAPTER}'s rank-{rank} ComicDiff adapter", folder, why,
+                    f"a rank-{rank} LoRA trained for {steps} steps at {size} px on Stable Diffusion 2.1 if it "
+                    f"is cached here, otherwise on the offline path after {pre_steps} steps of denoiser "
+                    "pre-training")
+    train = _check_pairs(train, size)
+    components = cd.load_components("auto", seed=seed, unet_config=unet_config, device=device)
+    if components.path == "offline":
+        latents = cd.encode_images(components.codec, torch.cat([train.photos, train.comics]), show_progress=False)
+        batch = pretrain_batch if pretrain_batch is not None else by_mode(smoke=4, auto=16)
+        cd.pretrain_denoiser(components.unet, latents, components.prompt_embeds, components.scheduler_config,
+                             steps=pre_steps, batch_size=batch, seed=seed)
+    model = cd.ComicDiff(dataclasses.replace(components, unet=copy.deepcopy(components.unet)))
+    train_set = cd.encode_pairs(model.codec, train, show_progress=False)
+    lr = lr if lr is not None else (1e-3 if components.path == "offline" else 1e-4)
+    config = cd.TrainConfig(rank=rank, lora_alpha=rank, lr=lr, max_steps=steps, epochs=10**6, seed=seed)
+    result = cd.train_lora(model, train_set, config)
+    model.info = {"size": [size, size], "rank": rank, "path": components.path, "step": result.steps,
+                  "timestep": model.timestep}
+    model.eval()
+    print(f"quick ComicDiff trained here: {components.path} path, rank {rank}, {result.steps} LoRA steps"
+          + (f" after {pre_steps} denoiser steps" if components.path == "offline" else ""))
+    return ComicDiffResult(model, components.path, True, looked_in=folder, steps=result.steps, _base=components)
