@@ -42,7 +42,10 @@ def run_course(only: list[str] | None = None, *, out_dir: str | os.PathLike | No
     print(f"Running {len(paths)} notebook(s) in {get_mode()} mode with {sys.executable}", flush=True)
     for path in paths:
         nb = nbformat.read(path, as_version=4)
+        # The kernel's own start-up log (e.g. its note on local TCP transport) is not course
+        # output; warnings raised by a cell still reach the cell's output.
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"],
                                 resources={"metadata": {"path": str(path.parent)}})
         start = time.perf_counter()
         print(f"  {path.name} ...", end="", flush=True)
