@@ -190,7 +190,7 @@ def test_bad_images_raise_image_error(bad):
 
 def test_model_paths_and_missing_model_error(monkeypatch, face_a, tmp_path):
     paths = faces.model_paths()
-    assert set(paths) == {"haar_frontalface", "shape_predictor_5", "face_recognition"}
+    assert set(paths) == {"haar_frontalface", "shape_predictor_5", "face_recognition", "mmod_face_detector"}
     assert all(p.is_file() for p in paths.values())
     assert "68" not in "".join(p.name for p in paths.values())
     assert issubclass(faces.FaceModelMissing, AssetUnavailable)
@@ -202,3 +202,18 @@ def test_model_paths_and_missing_model_error(monkeypatch, face_a, tmp_path):
             faces.landmarks_5(face_a)
     finally:
         faces._shape_predictor.cache_clear()
+
+
+def test_turned_face_missed_by_hog_is_found_by_the_mmod_fallback(mirror):
+    # CC0 portrait 048: the head is turned; HOG (even upsampled) finds nothing, MMOD does.
+    path = mirror / "interfaces" / "256-extra" / "048.jpg"
+    if not path.is_file():
+        pytest.skip("the mirror has no interfaces/256-extra/")
+    assert faces.detect_faces_dlib(path, detector="hog") == []
+    boxes = faces.detect_faces_dlib(path)                      # "auto": HOG, then MMOD
+    assert len(boxes) == 1 and boxes[0].width > 40
+    assert faces.detect_faces_dlib(path, detector="mmod")[0] == boxes[0]
+    aligned = faces.align_face(path, size=64)
+    assert aligned.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="detector must be one of"):
+        faces.detect_faces_dlib(path, detector="cnn")
