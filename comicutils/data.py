@@ -286,6 +286,38 @@ def pair_files(photo_dir: str | os.PathLike, comic_dir: str | os.PathLike,
     return pairs, unpaired
 
 
+class DataFolderError(ValueError):
+    """A training folder has unpaired or unreadable files (the message lists them)."""
+
+
+@dataclass
+class FolderCheck:
+    """What :meth:`PairedFolder.check` found: pairs that load, and every file that does not."""
+
+    pairs: int
+    unpaired: dict                      # {"photo_only": [keys], "comic_only": [keys]}
+    unreadable: list                    # [(path, reason)]
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"{p}: {why}" for p, why in self.unreadable]
+        out += [f"photo without a comic: {k}" for k in self.unpaired.get("photo_only", [])]
+        out += [f"comic without a photo: {k}" for k in self.unpaired.get("comic_only", [])]
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self, limit: int = 5) -> str:
+        probs = self.problems
+        head = f"{self.pairs} readable pairs; {len(probs)} problem(s)"
+        if not probs:
+            return head
+        more = f" (and {len(probs) - limit} more)" if len(probs) > limit else ""
+        return f"{head}: " + "; ".join(probs[:limit]) + more
+
+
 class PairedFolder(Dataset):
     """Photos and comics in two folders, paired by basename; loaded lazily at ``size`` px.
 
@@ -322,6 +354,44 @@ class PairedFolder(Dataset):
         if self.augment is not None:
             photo, comic = self.augment(photo, comic)
         return {"key": key, "photo": photo, "comic": comic}
+
+    def check(self, *, skip_bad: bool = False, show_progress: bool = True) -> FolderCheck:
+        """Open every image once, before any training step, and list what is wrong.
+
+        Unpaired files and images that do not load (truncated, not an image, too small, too
+        large) raise :class:`DataFolderError` naming them, unless ``skip_bad=True``: then the
+        bad pairs are dropped from this dataset and the skipped files are printed.
+        """
+        from .images import load_image
+        from .runtime import progress
+
+        bad: list[tuple[str, str]] = []
+        good = []
+        quiet = {} if show_progress else {"disable": True}
+        for key, p, c in progress(self.items, desc="checking images", **quiet):
+            errors = []
+            for path in (p, c):
+                try:
+                    load_image(path)
+                except ImageError as err:
+                    errors.append((str(path), str(err).replace(f"{path} ", "")))
+            bad += errors
+            if not errors:
+                good.append((key, p, c))
+        report = FolderCheck(len(good), self.unpaired, bad)
+        if report.ok:
+            return report
+        if not skip_bad:
+            raise DataFolderError(f"{self.photo_dir} / {self.comic_dir}: {report.summary()}. Fix or remove "
+                                  "these files, or pass skip_bad=True (--skip-bad) to train without them.")
+        if not good:
+            raise DataFolderError(f"no readable pairs left in {self.photo_dir} / {self.comic_dir}: "
+                                  f"{report.summary()}")
+        self.items = good
+        print(f"skipping {len(report.problems)} file(s) in {self.photo_dir} / {self.comic_dir}:")
+        for line in report.problems:
+            print(f"  {line}")
+        return report
 
     def to_pairset(self) -> PairSet:
         items = [self[i] for i in range(len(self))]

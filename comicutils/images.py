@@ -52,6 +52,8 @@ def load_image(src: ImageLike, *, min_size: int = MIN_SIZE) -> Image.Image:
                 img = opened.copy()
                 img.info.update(opened.info)
                 exif = opened.getexif()
+        except Image.DecompressionBombError as err:
+            raise ImageError(f"{path} is too large to open safely ({err}); shrink it first") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ImageError(f"{path} is not a readable image ({err})") from None
         img = _apply_exif(img, exif)
@@ -61,6 +63,8 @@ def load_image(src: ImageLike, *, min_size: int = MIN_SIZE) -> Image.Image:
                 opened.load()
                 img = opened.copy()
                 exif = opened.getexif()
+        except Image.DecompressionBombError as err:
+            raise ImageError(f"image bytes are too large to open safely ({err})") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ImageError(f"bytes are not a readable image ({err})") from None
         img = _apply_exif(img, exif)

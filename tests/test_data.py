@@ -157,6 +157,36 @@ def test_paired_folder_pairs_by_basename_and_reports_unpaired(tmp_path):
     assert ds.to_pairset().photos.shape == (2, 3, 16, 16)
 
 
+def test_paired_folder_check_lists_unpaired_and_unreadable_files_before_training(tmp_path, capsys):
+    photos, comics = _write_pair_folders(tmp_path)
+    good = data.PairedFolder(photos, comics, size=16).subset(["001", "002"])
+    good.unpaired = {"photo_only": [], "comic_only": []}
+    assert good.check(show_progress=False).ok
+    (comics / "002.png").write_bytes((comics / "002.png").read_bytes()[:40])     # truncated
+    ds = data.PairedFolder(photos, comics, size=16)
+    with pytest.raises(data.DataFolderError) as err:
+        ds.check(show_progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "002.png" in msg and "003" in msg and "004" in msg and "--skip-bad" in msg
+    assert ds.keys == ["001", "002"]                                   # nothing dropped without asking
+    report = ds.check(skip_bad=True, show_progress=False)
+    assert ds.keys == ["001"] and report.pairs == 1 and len(report.problems) == 3
+    assert "002.png" in capsys.readouterr().out                       # what was skipped is listed
+    (photos / "001.jpg").write_bytes(b"not an image")
+    with pytest.raises(data.DataFolderError, match="no readable pairs left"):
+        data.PairedFolder(photos, comics, size=16).check(skip_bad=True, show_progress=False)
+
+
+def test_decompression_bomb_is_a_clear_image_error(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+    from comicutils import images
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)          # as if the file had 182 MP
+    with pytest.raises(images.ImageError, match="too large to open safely"):
+        images.load_image(tmp_path / "big.png")
+
+
 def test_paired_folder_without_pairs_is_an_error(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
