@@ -42,26 +42,32 @@ def _as_features(x) -> np.ndarray:
 def frechet_distance(features_a, features_b, *, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to (N, D) and (M, D) feature sets (>= 2 rows).
 
-    The matrix square root uses scipy; if it is singular, ``eps`` is added to the diagonals
-    (the usual FID safeguard). Tiny negative results from rounding are clipped to 0.
+    ``|mu_a - mu_b|^2 + Tr(S_a) + Tr(S_b) - 2 Tr((S_a S_b)^(1/2))``. The last trace is the sum
+    of the square roots of the eigenvalues of ``S_a S_b`` (real and >= 0: both are covariance
+    matrices), computed without a general matrix square root: from the centred features
+    ``X_a``, ``X_b`` it is the nuclear norm of ``X_a X_b^T / sqrt((N-1)(M-1))`` (an N x M
+    matrix: exact and instant for the small sets of this course, where the 2048-d covariances
+    are singular), or for large sets ``sum sqrt(eig(R S_b R))`` with ``R = S_a^(1/2)`` from a
+    symmetric eigendecomposition. ``eps`` is kept for compatibility and not needed. Tiny
+    negative results from rounding are clipped to 0.
     """
-    from scipy import linalg
-
     a, b = _as_features(features_a), _as_features(features_b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
     if len(a) < 2 or len(b) < 2:
         raise ValueError("FID needs at least 2 samples per set")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    cov_a, cov_b = np.atleast_2d(cov_a), np.atleast_2d(cov_b)
-    with np.errstate(all="ignore"):
-        root = np.asarray(linalg.sqrtm(cov_a @ cov_b))
-    if not np.isfinite(root).all():
-        offset = np.eye(len(cov_a)) * eps
-        root = np.asarray(linalg.sqrtm((cov_a + offset) @ (cov_b + offset)))
-    root = root.real
-    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+    xa, xb = a - mu_a, b - mu_b
+    na, nb, d = len(a) - 1, len(b) - 1, a.shape[1]
+    trace_a, trace_b = float((xa ** 2).sum() / na), float((xb ** 2).sum() / nb)
+    if len(a) * len(b) <= d * d:
+        cross = np.linalg.svd(xa @ xb.T / np.sqrt(na * nb), compute_uv=False).sum()
+    else:
+        cov_a, cov_b = xa.T @ xa / na, xb.T @ xb / nb
+        w, v = np.linalg.eigh(cov_a)
+        root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    value = float(((mu_a - mu_b) ** 2).sum() + trace_a + trace_b - 2 * cross)
     return max(value, 0.0)
 
 
@@ -157,19 +163,28 @@ class FIDInception(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-@lru_cache(maxsize=1)
 def fid_inception() -> FIDInception:
-    """The FID Inception with its registry weights; :class:`MetricUnavailable` without them."""
+    """The FID Inception with its registry weights; :class:`MetricUnavailable` without them.
+
+    The loaded network is cached per weight file (the file is looked up on every call)."""
     try:
         path = assets.fetch(FID_ASSET, quiet=True)
     except assets.AssetUnavailable as err:
         raise MetricUnavailable(
             "FID/KID n/a: the FID Inception weights are not available offline, and FID is never "
             f"computed on other features ({err})") from None
+    return _load_fid_inception(str(path))
+
+
+@lru_cache(maxsize=1)
+def _load_fid_inception(path: str) -> FIDInception:
     model = FIDInception()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.net.load_state_dict(state, strict=True)
     return model.requires_grad_(False).eval()
+
+
+fid_inception.cache_clear = lambda: _load_fid_inception.cache_clear()  # type: ignore[attr-defined]
 
 
 @torch.no_grad()

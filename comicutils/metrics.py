@@ -246,27 +246,32 @@ def lpips_model(net: str = "vgg", device: str | torch.device | None = None) -> t
     """
     net = _check_net(net)
     dev = torch.device(device) if device is not None else get_device()
-    key = (net, str(dev))
+    path = _trunk_path(net)          # every call: the cache never outlives its weight file
+    key = (net, str(dev), str(path))
     with _LPIPS_LOCK:
         cached = _LPIPS_CACHE.get(key)
         if cached is not None:
             return cached
-        model = _build_lpips(net).to(dev)
+        model = _build_lpips(net, path).to(dev)
         _LPIPS_CACHE[key] = model
         return model
 
 
-def _build_lpips(net: str) -> torch.nn.Module:
+def _trunk_path(net: str):
     from . import assets
 
     asset, human, _ = _LPIPS_NETS[net]
     try:
-        path = assets.fetch(asset, quiet=True)
+        return assets.fetch(asset, quiet=True)
     except assets.AssetUnavailable as err:
         raise MetricUnavailable(
             f"LPIPS-{'VGG' if net == 'vgg' else 'Alex'} n/a: the {human} ImageNet trunk weights "
             f"are not available offline, and LPIPS is never computed on a random trunk "
             f"({err})") from err
+
+
+def _build_lpips(net: str, path) -> torch.nn.Module:
+    _, human, _ = _LPIPS_NETS[net]
     state = torch.load(path, map_location="cpu", weights_only=True)
 
     import lpips as lpips_pkg

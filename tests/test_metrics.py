@@ -226,7 +226,8 @@ def test_lpips_loads_trunk_from_the_asset_registry(fake_alex):
     assert torch.equal(model.lin0.model[1].weight, heads["lin0.model.1.weight"])
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
-    assert metrics.lpips_model("alex", "cpu") is model and asked == ["alexnet-imagenet"]
+    # cached per weight file: the file is looked up again, the model is not rebuilt
+    assert metrics.lpips_model("alex", "cpu") is model and asked == ["alexnet-imagenet"] * 2
 
     x = smooth_images(3)
     y = noisy(x, 0.1)
