@@ -39,17 +39,19 @@ def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Ten
     outputs with the set of comics on the FID Inception's features (:mod:`comicutils.fid`);
     without its weights they are NaN with the reason. With a few dozen pairs FID is dominated
     by its estimation error (2048-d covariances); KID is unbiased and the better guide there.
+    In ``full`` mode a metric that cannot be computed is an error
+    (:class:`~comicutils.metrics.MetricUnavailable`, saying which weights are missing), not NaN.
     """
     import pandas as pd
 
     items = methods.items() if isinstance(methods, Mapping) else [(m.name, m) for m in methods]
-    rows, outputs, unavailable = [], {}, {}
+    rows, outputs, unavailable, reference = [], {}, {}, {}
     for label, method in items:
         start = time.perf_counter()
         out = method(photos)
         seconds = (time.perf_counter() - start) / max(len(photos), 1)
         table = metrics.score_pairs(out, comics, metrics=list(metric_names), photos=photos,
-                                    strict=False)
+                                    strict=get_mode() == "full")
         unavailable.update(table.attrs.get("unavailable", {}))
         row = {"method": label, "mode": get_mode(), "weights": method.weights,
                "parameters": int(method.parameters), "seconds_per_image": seconds}
@@ -60,8 +62,9 @@ def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Ten
             # mean over finite values (identical pairs give PSNR inf); all inf -> inf
             row[name] = (float(finite.mean()) if len(finite) else
                          float(values[0]) if len(values) else float("nan"))
+        features = {}              # the FID Inception runs once per image set, not per metric
         for name in set_metrics:
-            row[name] = _set_metric(name, out, comics, unavailable)
+            row[name] = _set_metric(name, out, comics, unavailable, features, reference)
         rows.append(row)
         outputs[label] = out
     df = pd.DataFrame(rows, columns=["method", "mode", "weights", "parameters",
@@ -71,20 +74,30 @@ def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Ten
     return df
 
 
-def _set_metric(name: str, outputs: torch.Tensor, comics: torch.Tensor, unavailable: dict) -> float:
+def _set_metric(name: str, outputs: torch.Tensor, comics: torch.Tensor, unavailable: dict,
+                features: dict, reference: dict) -> float:
+    """FID or KID of ``outputs`` against ``comics``; Inception features are computed once per
+    set (``features`` for this method's outputs, ``reference`` for the comics, shared by rows)."""
     from . import fid
 
+    if name not in SET_METRICS:
+        raise ValueError(f"unknown set metric {name!r}")
     if name in unavailable:
         return float("nan")
     try:
-        if name == "fid":
-            return fid.fid(outputs, comics)
-        if name == "kid":
-            return fid.kid(outputs, comics, subset_size=len(comics))[0]
-        raise ValueError(f"unknown set metric {name!r}")
+        if "outputs" not in features:
+            features["outputs"] = fid.features(outputs)
+        if "comics" not in reference:
+            reference["comics"] = fid.features(comics)
     except metrics.MetricUnavailable as err:
+        if get_mode() == "full":
+            raise
         unavailable[name] = str(err)
         return float("nan")
+    a, b = features["outputs"], reference["comics"]
+    if name == "fid":
+        return fid.frechet_distance(a, b)
+    return fid.kernel_inception_distance(a, b, subset_size=len(comics))[0]
 
 
 def to_json_rows(df) -> list[dict]:
