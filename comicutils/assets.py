@@ -15,6 +15,19 @@ interrupted download never leaves a file in the cache.
 The face2comics full-dataset tarballs are published without a checksum. They are *pinned on
 first use*: the sha256 of the first copy fetched is recorded in ``<cache>/pins.json`` and every
 later use is verified against it. ``python -m comicutils assets list`` marks them.
+
+Test stand-ins (tests and rehearsals only)
+------------------------------------------
+``COMICUTILS_STANDIN_CHECKSUMS=<file>`` names a checksum file written by
+``python -m comicutils assets stand-ins DIR`` (:mod:`comicutils.standins`): files in the real
+weights' formats and key layouts holding *random* weights, so that every code path that loads a
+registry weight can run without the internet. The file has ``sha256sum``'s format, one line
+``<sha256>  <path>`` per file, the path relative to the file's folder; a line whose path is an
+asset's registry path (``torchvision/vgg16-397923af.pth``) lets that asset accept that digest as
+well as its published one. Nothing else changes: a file that matches neither is still a
+:class:`ChecksumMismatch`, and without the variable a stand-in is rejected like any wrong file.
+The first time a stand-in is accepted in a process a "TEST STAND-INS IN FORCE" banner says so
+(numbers computed on random weights are not results); :func:`standins_in_use` lists them.
 """
 from __future__ import annotations
 
@@ -34,6 +47,7 @@ from .runtime import get_mode, progress, project_root, substitute_banner
 CACHE_ENV = "COMICUTILS_CACHE"
 MIRROR_ENV = "COMICUTILS_MIRROR"
 OFFLINE_ENV = "COMICUTILS_OFFLINE"
+STANDIN_ENV = "COMICUTILS_STANDIN_CHECKSUMS"
 
 _CHUNK = 1 << 20
 
@@ -353,12 +367,117 @@ def _check(asset: Asset, path: Path) -> None:
     expected = _expected_sha256(asset)
     if expected is None:
         _record_pin(asset, digest)
+    elif digest != expected and digest == standin_digest(asset):
+        _accept_standin(asset.name, path)
     elif digest != expected:
         raise ChecksumMismatch(
             f"checksum mismatch for asset {asset.name!r} at {path}: expected sha256 "
             f"{expected}, got {digest}. The file is corrupt or a different version; delete it "
             f"and fetch again ({asset.url}).")
     _VERIFIED[key] = digest
+
+
+# --------------------------------------------------------------------------- test stand-ins
+_STANDIN_FILES: dict[tuple, dict[str, str]] = {}
+_STANDINS_USED: list[tuple[str, str]] = []
+_STANDIN_BANNER_SHOWN = False
+
+
+def standin_checksums() -> dict[str, str]:
+    """``{path relative to the checksum file's folder: sha256}`` from ``COMICUTILS_STANDIN_CHECKSUMS``.
+
+    Empty when the variable is not set; an :class:`AssetError` when it names a file that is not
+    there or is not in ``sha256sum`` format.
+    """
+    raw = os.environ.get(STANDIN_ENV, "").strip()
+    if not raw:
+        return {}
+    path = Path(raw).expanduser()
+    try:
+        st = path.stat()
+    except OSError:
+        raise AssetError(f"{STANDIN_ENV}={raw} does not name a file; write one with "
+                         "`python -m comicutils assets stand-ins DIR`") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _STANDIN_FILES:
+        table = {}
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            digest, sep, rel = line.partition("  ")
+            digest = digest.strip().lower()
+            if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise AssetError(f"{path}:{n}: expected '<sha256>  <path>', got {line!r}")
+            table[rel.strip().lstrip("*")] = digest
+        _STANDIN_FILES.clear()
+        _STANDIN_FILES[key] = table
+    return dict(_STANDIN_FILES[key])
+
+
+def standin_digest(asset: Asset) -> str | None:
+    """The stand-in digest the checksum file lists for ``asset`` (by registry path), if any."""
+    return standin_checksums().get(asset.path)
+
+
+def is_standin_digest(digest: str) -> bool:
+    """True when ``COMICUTILS_STANDIN_CHECKSUMS`` lists ``digest`` (for files outside the
+    registry, such as the Stable Diffusion stand-in in the Hugging Face cache)."""
+    return digest.lower() in standin_checksums().values()
+
+
+def standins_in_use() -> list[tuple[str, str]]:
+    """``(what, path)`` of every test stand-in accepted in this process, in order."""
+    return list(_STANDINS_USED)
+
+
+def reset_standins() -> None:
+    """Forget the stand-ins accepted so far; the next one shows the banner again."""
+    global _STANDIN_BANNER_SHOWN
+    _STANDINS_USED.clear()
+    _STANDIN_BANNER_SHOWN = False
+
+
+def standin_banner_text() -> str:
+    """The one-line banner shown when a stand-in is accepted (also ``comicutils info``)."""
+    names = ", ".join(sorted(a.name for a in REGISTRY.values() if standin_digest(a))) or "none"
+    return (f"TEST STAND-INS IN FORCE: {STANDIN_ENV}={os.environ.get(STANDIN_ENV, '')} lets files with "
+            f"random weights in the real formats pass the checksum check (registry assets: {names}; "
+            "and a Stable Diffusion stand-in in the Hugging Face cache if listed). They exist to "
+            "run code paths in tests; every number and image computed with them is meaningless, "
+            "not a result.")
+
+
+def _accept_standin(what: str, path: Path | str) -> None:
+    """Record that a test stand-in is in use; show the banner once per process."""
+    global _STANDIN_BANNER_SHOWN
+    entry = (what, str(path))
+    if entry not in _STANDINS_USED:
+        _STANDINS_USED.append(entry)
+    if _STANDIN_BANNER_SHOWN:
+        return
+    _STANDIN_BANNER_SHOWN = True
+    text = standin_banner_text()
+    from .runtime import _in_notebook
+
+    if _in_notebook():
+        import html
+
+        from IPython.display import HTML, display
+
+        display(HTML(
+            '<div style="border:3px dashed #5f3dc4;background:#f3f0ff;color:#2b1a66;'
+            'padding:8px 12px;margin:6px 0;border-radius:6px;font-family:sans-serif">'
+            '<b>&#9888; TEST STAND-INS IN FORCE</b> &mdash; random weights, numbers are not '
+            f'results<br><small>{html.escape(text)}</small></div>'))
+    else:
+        import sys
+
+        print(text, file=sys.stderr, flush=True)
+
+
+def accept_standin(what: str, path: Path | str) -> None:
+    """Announce a stand-in accepted outside the registry (the Stable Diffusion snapshot)."""
+    _accept_standin(what, path)
 
 
 # --------------------------------------------------------------------------- fetch
@@ -554,6 +673,9 @@ def verify(names: list[str] | None = None) -> list[VerifyResult]:
             out.append(VerifyResult(name, status, "", "not in cache or mirror"))
         else:
             note = "" if asset.pinned else "pinned on first use (no published checksum)"
+            standin = standin_digest(asset) if asset.pinned else None
+            if standin and _VERIFIED.get(_file_state(path)) == standin:
+                note = f"TEST STAND-IN (random weights, accepted through {STANDIN_ENV})"
             out.append(VerifyResult(name, "ok", str(path), note))
     return out
 
