@@ -6,6 +6,8 @@ Commands
 ``assets list``               the registry (name, size, licence, in the offline mirror?)
 ``assets fetch NAME|--all``   get files into the cache (cache -> mirror -> download), verified
 ``assets verify``             check every file found in the cache or mirrors against its sha256
+``assets stand-ins DIR``      write random-weight stand-ins of every real weight file (tests only)
+                              and print the ``export`` lines that put them in force
 ``course [--only 00 02]``     execute the notebooks in order (headless), write figures
 ``stylize PHOTO --method nst``  stylize photos with a chapter's method
 ``stylize PHOTO --method pix2pix --checkpoint CKPT``  one pass of a trained generator
@@ -18,6 +20,7 @@ Each chapter adds its command (``stylize``, ``evaluate``, ``bench``) by adding a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -26,19 +29,24 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _info(sub: argparse.ArgumentParser) -> Handler:
     def run(args):
+        from . import assets
         from .runtime import environment_report
 
         report = environment_report()
+        if os.environ.get(assets.STANDIN_ENV, "").strip():
+            report[assets.STANDIN_ENV] = os.environ[assets.STANDIN_ENV]
         width = max(map(len, report))
         for k, v in report.items():
             print(f"{k:<{width}}  {v}")
+        if os.environ.get(assets.STANDIN_ENV, "").strip():
+            print(assets.standin_banner_text())
         return 0
 
     return run
 
 
 def _assets(sub: argparse.ArgumentParser) -> Handler:
-    actions = sub.add_subparsers(dest="action", required=True, metavar="{list,fetch,verify}")
+    actions = sub.add_subparsers(dest="action", required=True, metavar="{list,fetch,verify,stand-ins}")
     ls = actions.add_parser("list", help="show the registry")
     ls.add_argument("--group", help="only this group (face2comics, portraits, taesd, ...)")
     fe = actions.add_parser("fetch", help="fetch assets into the cache (verified)")
@@ -47,6 +55,15 @@ def _assets(sub: argparse.ArgumentParser) -> Handler:
     fe.add_argument("--mirrored", action="store_true", help="every asset of the offline mirror")
     ve = actions.add_parser("verify", help="check local copies against their sha256")
     ve.add_argument("names", nargs="*", metavar="NAME")
+    st = actions.add_parser(
+        "stand-ins", help="write random-weight stand-ins in the real files' formats (for tests)",
+        description="Write a stand-in for every real weight file (random weights, real format and "
+                    "key layout; a tiny Stable Diffusion 2.1 in the Hugging Face cache layout) into "
+                    "DIR, then print export lines: eval \"$(python -m comicutils assets stand-ins DIR)\" "
+                    "puts them in force. Numbers computed with them are not results.")
+    st.add_argument("directory", metavar="DIR")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--force", action="store_true", help="rewrite even a complete, matching set")
 
     def run(args):
         from . import assets
@@ -82,6 +99,12 @@ def _assets(sub: argparse.ArgumentParser) -> Handler:
                     failed += 1
                     print(f"FAILED   {name}: {err}", file=sys.stderr)
             return 1 if failed else 0
+        if args.action == "stand-ins":
+            from . import standins
+
+            written = standins.write_standins(args.directory, seed=args.seed, force=args.force)
+            print("\n".join(standins.export_lines(written.directory)), flush=True)
+            return 0
         if args.action == "verify":
             try:
                 results = assets.verify(args.names or None)
