@@ -36,47 +36,61 @@ def micro_config(size: int = 64, width: int = 128, style_dim: int = 128, n_mlp: 
     return GeneratorConfig(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
 
 
-def load_ffhq(device="cpu") -> Generator:
-    """StyleGAN2 FFHQ config f (1024 px) from the asset registry, loaded strictly.
+CPU_MAX_SIZE = 256
+"""Largest generator (px) that :func:`ffhq_or_none` uses on a CPU; FFHQ's 1024 px one needs a GPU."""
 
-    Raises :class:`comicutils.assets.AssetUnavailable` (with instructions) where the file
-    cannot be had.
+
+def load_ffhq(device="cpu") -> Generator:
+    """StyleGAN2 FFHQ config f from the asset registry, loaded strictly.
+
+    The architecture is read off the file (rosinality's checkpoint has no config): the real
+    file gives the 1024 px network, a test stand-in a small one. Raises
+    :class:`comicutils.assets.AssetUnavailable` (with instructions) where the file cannot be had.
     """
     from .. import assets
 
-    G = load_checkpoint(assets.fetch(FFHQ_ASSET), GeneratorConfig(1024))
-    return G.to(device).eval()
+    return load_checkpoint(assets.fetch(FFHQ_ASSET, quiet=True)).to(device).eval()
+
+
+def _checkpoint_size(path) -> int:
+    """The generator resolution of a rosinality checkpoint, read without loading its tensors."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:                  # files in torch's legacy format cannot be memory-mapped
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("g_ema", ckpt) if isinstance(ckpt, dict) else {}
+    return config_from_state_dict(state).size
 
 
 def ffhq_or_none(device="cpu") -> Generator | None:
     """The FFHQ generator where it can be had and used, else ``None`` with a substitute banner.
 
-    ``full`` mode: :func:`load_ffhq` or its error. ``auto``: the FFHQ network when the file is
-    in the cache or mirror *and* a GPU is present (1024 px fine-tuning is out of reach of a
-    CPU); otherwise ``None``, announcing the micro stand-in. ``smoke``: always ``None``.
+    ``full`` mode: :func:`load_ffhq` or its error. ``smoke`` and ``auto``: the checkpoint when it
+    is in the cache or mirror and can run here -- on a GPU, or on a CPU when it is at most
+    :data:`CPU_MAX_SIZE` px (FFHQ's 1024 px network is not; fine-tuning it is out of a CPU's
+    reach); otherwise ``None``, announcing the micro stand-in that chapter 03 trains instead.
     """
     import torch
 
     from .. import assets
     from ..runtime import get_mode, substitute_banner
 
-    mode = get_mode()
-    if mode == "full":
+    if get_mode() == "full":
         return load_ffhq(device)
     wanted = "StyleGAN2 FFHQ config-f (1024 px, pretrained on 70,000 faces)"
-    if mode == "smoke":
-        substitute_banner(wanted, "micro StyleGAN2 trained for a few steps (almost random weights)",
-                          "smoke mode: tiny step counts for CI")
-        return None
-    used = "micro StyleGAN2 trained in this notebook on the course's ~130 photos"
+    used = ("micro StyleGAN2 trained for a few steps (almost random weights)" if get_mode() == "smoke"
+            else "micro StyleGAN2 trained in this notebook on the course's ~130 photos")
     path = assets.fetch_or_substitute(FFHQ_ASSET, wanted=wanted, substitute=used)
     if path is None:
         return None
-    if torch.device(device).type != "cuda":
-        substitute_banner(wanted, used, "the FFHQ file is here, but fine-tuning a 1024 px generator "
-                                        "needs a GPU; auto mode on a CPU trains the micro stand-in")
+    size = _checkpoint_size(path)
+    if size > CPU_MAX_SIZE and torch.device(device).type != "cuda":
+        substitute_banner(wanted, used, f"the FFHQ file is here, but fine-tuning its {size} px generator "
+                                        "needs a GPU; on a CPU the notebook trains the micro stand-in")
         return None
-    return load_checkpoint(path, GeneratorConfig(1024)).to(device).eval()
+    return load_checkpoint(path).to(device).eval()
 
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -86,40 +86,74 @@ class SemanticLoss(nn.Module):
     """``perceptual(a, b) + lambda_id * identity(a, b)`` per image (N,). Seed 001, eq. 1.
 
     Also the perceptual term alone (``lambda_id = 0``) is seed 001's paired loss (eq. 2).
+
+    The perceptual term is the real LPIPS (v0.1, VGG) whenever its weights can be had, whatever
+    ``distances`` is passed; otherwise the LPIPS-style taef2 distance of ``distances`` (default
+    :class:`FeatureDistances`) stands in, with a banner. Images are resized to
+    ``distances.feature_size`` for LPIPS too, when it is set. The identity term always comes from
+    ``distances`` (a stand-in, announced). ``self.perceptual`` says which runs: ``"lpips-vgg"``
+    or ``"taef2"``.
+
+    ``full`` mode refuses the stand-ins: without the VGG-16 weights it raises
+    :class:`~comicutils.assets.AssetUnavailable` saying how to get them, and with
+    ``lambda_id > 0`` it raises because the registry has no differentiable face-recognition
+    network (chapter 03 runs the constraint in auto mode).
     """
 
     def __init__(self, distances: FeatureDistances | None = None, lambda_id: float = LAMBDA_ID,
                  announce: bool = True):
         super().__init__()
-        self.lpips = None
-        if distances is None:
-            if get_mode() == "full":
+        lpips_error = _lpips_available()
+        if get_mode() == "full":
+            if lpips_error is not None:
+                from ..assets import AssetUnavailable
+
+                raise AssetUnavailable(
+                    "full mode: seed 001's semantic constraint needs LPIPS with VGG-16 ImageNet "
+                    f"weights (asset 'vgg16-imagenet'), and they cannot be had here. {lpips_error}")
+            if lambda_id:
                 raise RuntimeError(
-                    "full mode needs LPIPS with VGG-16 weights and a differentiable face-recognition "
-                    "network for seed 001's semantic loss; the course registry has no such identity "
-                    "network, so chapter 03 runs in auto mode with the taef2 stand-ins.")
+                    "full mode: seed 001's identity term needs a differentiable face-recognition "
+                    "network (ArcFace-type); the course registry has none, and full mode does not "
+                    "use the taef2 stand-in. Use lambda_id=0 (LPIPS only) or COMICUTILS_MODE=auto.")
+        self.perceptual = "lpips-vgg" if lpips_error is None else "taef2"
+        if distances is None and (self.perceptual == "taef2" or lambda_id):
             distances = FeatureDistances()
-            self.lpips = _real_lpips()
         if announce:
-            if self.lpips is None:
+            if self.perceptual == "taef2":
                 substitute_banner(*_LPIPS_SUB, reason="LPIPS needs VGG-16 ImageNet weights, not reachable here")
             if lambda_id:
                 substitute_banner(*_ID_SUB, reason="no differentiable face-recognition network offline "
                                                    "(dlib's identity embedding has no gradients)")
         self.distances, self.lambda_id = distances, float(lambda_id)
 
+    def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from ..metrics import lpips_model
+
+        size = getattr(self.distances, "feature_size", None)
+        if size is not None and a.shape[-1] != size:
+            a, b = (F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                  antialias=True) for x in (a, b))
+        model = lpips_model("vgg", a.device)
+        return model(a, b, normalize=True).flatten()   # [0, 1] in; lpips maps to [-1, 1]
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        perc, ident = self.distances(a, b)
-        if self.lpips is not None:
-            perc = self.lpips(a * 2 - 1, b * 2 - 1).flatten()
+        if self.perceptual == "lpips-vgg":
+            perc = self._lpips(a, b)
+            if not self.lambda_id:
+                return perc
+            _, ident = self.distances(a, b)
+        else:
+            perc, ident = self.distances(a, b)
         return perc + self.lambda_id * ident
 
 
-def _real_lpips():
-    """The real LPIPS (VGG) model when its weights can be had, else None."""
+def _lpips_available() -> str | None:
+    """None when the real LPIPS (VGG) can be built here, else the reason (with instructions)."""
     from ..metrics import MetricUnavailable, lpips_model
 
     try:
-        return lpips_model("vgg")
-    except MetricUnavailable:
-        return None
+        lpips_model("vgg", "cpu")
+    except MetricUnavailable as err:
+        return str(err)
+    return None
