@@ -9,10 +9,10 @@ photo -> comic translation, ẑ_y = z_x + α · U(z_x, t=1, c), ŷ = D(ẑ_y).
 * :mod:`.train` — denoiser pre-training, LoRA training on Accelerate, evaluation, the
   ``accelerate launch -m comicutils.comicdiff.train`` entry point.
 """
-from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID, SD21_SCHEDULER_CONFIG,
-                         SD21_UNET_CONFIG, SMALL_UNET_CONFIG, Components, SD21Unavailable, SDVAECodec,
-                         TaefCodec, build_unet, fixed_prompt_embedding, load_components, load_denoiser,
-                         load_sd21, offline_components, save_denoiser)
+from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID, SD21_REVISION,
+                         SD21_SCHEDULER_CONFIG, SD21_UNET_CONFIG, SMALL_UNET_CONFIG, Components, SD21Unavailable,
+                         SDVAECodec, TaefCodec, build_unet, fixed_prompt_embedding, hf_hub_cache, load_components,
+                         load_denoiser, load_sd21, offline_components, save_denoiser)
 from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_lora_parameters,
                    load_adapter, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
 from .model import (DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, img2img, load_translator,

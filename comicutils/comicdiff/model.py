@@ -171,9 +171,10 @@ class _LPIPSLoss(nn.Module):
 
 def perceptual_loss(kind: str = "auto", device: str | torch.device | None = None) -> tuple[nn.Module, str]:
     """The perceptual term: ``"lpips-vgg"`` (needs VGG-16 ImageNet weights), ``"taef2"``
-    (offline stand-in) or ``"auto"`` (LPIPS-VGG when available, else taef2 with a banner).
-    Returns (module, name)."""
+    (offline stand-in) or ``"auto"`` (LPIPS-VGG when available, else taef2 with a banner; in
+    ``full`` mode LPIPS-VGG or the error saying how to get its weights). Returns (module, name)."""
     from ..metrics import MetricUnavailable, lpips_model
+    from ..runtime import get_mode
 
     if kind not in ("auto", "lpips-vgg", "taef2"):
         raise ValueError(f"perceptual kind must be 'auto', 'lpips-vgg' or 'taef2'; got {kind!r}")
@@ -181,7 +182,7 @@ def perceptual_loss(kind: str = "auto", device: str | torch.device | None = None
         try:
             return _LPIPSLoss(lpips_model("vgg", device)), "lpips-vgg"
         except MetricUnavailable:
-            if kind == "lpips-vgg":
+            if kind == "lpips-vgg" or get_mode() == "full":
                 raise
             substitute_banner(wanted="LPIPS-VGG as the perceptual loss (VGG-16 ImageNet trunk)",
                               used="LPIPS-shaped distance on taef2 encoder features (blocks 1, 5, 9)",
