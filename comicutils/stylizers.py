@@ -193,26 +193,32 @@ class MethodUnavailable(RuntimeError):
 class AnimeGAN(Stylizer):
     """AnimeGANv2 face_paint_512_v2 (seed 002) with face2paint processing; fp16 on a GPU.
 
-    Offline (weights missing) building it raises :class:`MethodUnavailable` after the banner.
+    ``size``: face2paint's working size; default 512 (the published setting), 128 in smoke mode
+    (one 512 px pass takes seconds on a CPU). Offline (weights missing) building it raises
+    :class:`MethodUnavailable` after the banner; full mode raises the asset's error.
     """
 
     name: str = "AnimeGANv2"
+    size: int | None = None
 
     def __post_init__(self):
         from . import animegan
+        from .runtime import by_mode
 
         self.generator = animegan.load_generator()
         if self.generator is None:
             raise MethodUnavailable("AnimeGANv2 weights (face_paint_512_v2) are not available "
                                     "here; the method is skipped")
+        if self.size is None:
+            self.size = by_mode(smoke=128, auto=animegan.FACE2PAINT_SIZE)
         self.weights = "face_paint_512_v2"
         self.parameters = sum(p.numel() for p in self.generator.parameters())
-        self.settings = {"size": animegan.FACE2PAINT_SIZE}
+        self.settings = {"size": self.size}
 
     def stylize(self, images):
         from . import animegan
 
-        return animegan.face2paint(self.generator, images)
+        return animegan.face2paint(self.generator, images, size=self.size)
 
 
 @register("comicdiff")
