@@ -248,13 +248,13 @@ def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_ste
                     "pre-training")
     train = _check_pairs(train, size)
     components = cd.load_components("auto", seed=seed, unet_config=unet_config, device=device)
-    if components.path == "offline":
-        latents = cd.encode_images(components.codec, torch.cat([train.photos, train.comics]), show_progress=False)
+    train_set = cd.encode_pairs(components.codec, train, show_progress=False)     # photos and their mirrors
+    if components.path == "offline":                 # the denoiser learns photo and comic latents
+        comics = cd.encode_images(components.codec, train.comics, show_progress=False)
         batch = pretrain_batch if pretrain_batch is not None else by_mode(smoke=4, auto=16)
-        cd.pretrain_denoiser(components.unet, latents, components.prompt_embeds, components.scheduler_config,
-                             steps=pre_steps, batch_size=batch, seed=seed)
+        cd.pretrain_denoiser(components.unet, torch.cat([train_set.latents, comics]), components.prompt_embeds,
+                             components.scheduler_config, steps=pre_steps, batch_size=batch, seed=seed)
     model = cd.ComicDiff(dataclasses.replace(components, unet=copy.deepcopy(components.unet)))
-    train_set = cd.encode_pairs(model.codec, train, show_progress=False)
     lr = lr if lr is not None else (1e-3 if components.path == "offline" else 1e-4)
     config = cd.TrainConfig(rank=rank, lora_alpha=rank, lr=lr, max_steps=steps, epochs=10**6, seed=seed)
     result = cd.train_lora(model, train_set, config)
