@@ -149,7 +149,7 @@ def test_trainable_parameter_count_is_rank_times_in_plus_out():
         layers = lora.targeted_layers(unet, feed_forward=ff)
         assert blocks == 4 and len(layers) == blocks * (2 * 4 + (2 if ff else 0))   # attn1, attn2 x q/k/v/out
         expected = lora.expected_lora_parameters(unet, 4, feed_forward=ff)
-        assert expected == sum(4 * (l.in_features + l.out_features) for l in layers.values())
+        assert expected == sum(4 * (layer.in_features + layer.out_features) for layer in layers.values())
         lora.add_lora(unet, 4, feed_forward=ff)
         assert lora.count_trainable(unet) == expected
 
