@@ -4,7 +4,10 @@
 times it, and scores its outputs against the artist's comics with
 :func:`comicutils.metrics.score_pairs` (SSIM, PSNR, MSE, FSIM, LPIPS-VGG, LPIPS-Alex; LPIPS is
 "n/a" without its ImageNet backbones) plus the identity distance to the input photo. Each
-row also names the run mode, the weights the method used and its parameter count.
+row also names the run mode, the weights the method used and its parameter count. Two columns
+come from write-up 002's metrics (:mod:`comicutils.gan`): ``style_acc``, the share of a
+method's outputs a photo / comic v1 / comic v2 style classifier labels "comic v2", and ``is``,
+the Inception Score of the outputs ("n/a" without the FID Inception weights).
 
 ``python -m comicutils evaluate --methods identity cartoon ... --json out.json`` writes the
 same table as JSON.
@@ -13,22 +16,27 @@ from __future__ import annotations
 
 import math
 import time
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import metrics
-from .runtime import get_mode
+from .runtime import by_mode, get_mode, notice_banner
 
 EVAL_METRICS = ("ssim", "psnr", "mse", "fsim", "lpips_vgg", "lpips_alex", "id_dist")
 SET_METRICS = ("fid", "kid")
-COLUMNS = ("method", "mode", "weights", "parameters", "seconds_per_image", *EVAL_METRICS, *SET_METRICS)
+STYLE_METRICS = ("style_acc", "is")
+STYLE_TARGET = "comic v2"
+COLUMNS = ("method", "mode", "weights", "parameters", "seconds_per_image", *EVAL_METRICS, *SET_METRICS,
+           *STYLE_METRICS)
 
 
 def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Tensor,
              comics: torch.Tensor, *, metric_names: Sequence[str] = EVAL_METRICS,
-             set_metrics: Sequence[str] = SET_METRICS):
+             set_metrics: Sequence[str] = SET_METRICS, style_metrics: Sequence[str] = STYLE_METRICS,
+             style_classifier=None):
     """Run and score every method -> pandas DataFrame, one row per method (columns :data:`COLUMNS`).
 
     ``methods``: stylizers (a list, or a dict whose keys become the row names);
@@ -41,11 +49,18 @@ def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Ten
     by its estimation error (2048-d covariances); KID is unbiased and the better guide there.
     In ``full`` mode a metric that cannot be computed is an error
     (:class:`~comicutils.metrics.MetricUnavailable`, saying which weights are missing), not NaN.
+
+    ``style_metrics``: ``style_acc`` is the share of the outputs that ``style_classifier`` (a
+    :class:`comicutils.gan.StyleClassifier`) labels "comic v2"; without one,
+    :func:`default_style_classifier` trains a quick one on the course's training split and
+    says so in a notice. ``is`` is the Inception Score of the outputs (:mod:`comicutils.gan`;
+    one split under 20 images, else up to 10), NaN with the reason without the FID Inception.
     """
     import pandas as pd
 
     items = methods.items() if isinstance(methods, Mapping) else [(m.name, m) for m in methods]
     rows, outputs, unavailable, reference = [], {}, {}, {}
+    classifier = {"model": style_classifier} if style_classifier is not None else {}
     for label, method in items:
         start = time.perf_counter()
         out = method(photos)
@@ -65,10 +80,12 @@ def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Ten
         features = {}              # the FID Inception runs once per image set, not per metric
         for name in set_metrics:
             row[name] = _set_metric(name, out, comics, unavailable, features, reference)
+        for name in style_metrics:
+            row[name] = _style_metric(name, out, unavailable, classifier)
         rows.append(row)
         outputs[label] = out
     df = pd.DataFrame(rows, columns=["method", "mode", "weights", "parameters",
-                                     "seconds_per_image", *metric_names, *set_metrics])
+                                     "seconds_per_image", *metric_names, *set_metrics, *style_metrics])
     df.attrs["unavailable"] = unavailable
     df.attrs["outputs"] = outputs
     return df
@@ -98,6 +115,51 @@ def _set_metric(name: str, outputs: torch.Tensor, comics: torch.Tensor, unavaila
     if name == "fid":
         return fid.frechet_distance(a, b)
     return fid.kernel_inception_distance(a, b, subset_size=len(comics))[0]
+
+
+def default_style_classifier(steps: int | None = None, seed: int = 0):
+    """The style classifier ``evaluate`` uses when none is given: trained here, once per process.
+
+    A :class:`comicutils.gan.StyleClassifier` trained on the course's training split (photo /
+    comic v1 / comic v2, 64 px; :func:`comicutils.gan.course_style_classifier`) for ``steps``
+    steps (default by mode: smoke 20, auto 150, full 600), announced in a notice. Chapter 07
+    trains and saves the same classifier; pass that one to ``evaluate`` to reuse it.
+    """
+    steps = by_mode(smoke=20, auto=150, full=600) if steps is None else int(steps)
+    return _trained_style_classifier(steps, int(seed))
+
+
+@lru_cache(maxsize=2)
+def _trained_style_classifier(steps: int, seed: int):
+    from . import gan
+
+    notice_banner("No style classifier given: training one for the style_acc column",
+                  f"{steps} steps on the course's training pairs (photo / comic v1 / comic v2 at 64 px), as in "
+                  "chapter 07; pass style_classifier= to evaluate to use another.")
+    return gan.course_style_classifier(size=64, steps=steps, seed=seed, show_progress=False)
+
+
+def _style_metric(name: str, outputs: torch.Tensor, unavailable: dict, classifier: dict) -> float:
+    """``style_acc`` (share labelled comic v2) or ``is`` (Inception Score mean) of ``outputs``."""
+    from . import assets, gan
+
+    if name not in STYLE_METRICS:
+        raise ValueError(f"unknown style metric {name!r}")
+    if name in unavailable:
+        return float("nan")
+    try:
+        if name == "style_acc":
+            if "model" not in classifier:
+                classifier["model"] = default_style_classifier()
+            return gan.style_accuracy(outputs, STYLE_TARGET, classifier["model"])
+        probs = gan.inception_probabilities(outputs)
+    except (metrics.MetricUnavailable, assets.AssetUnavailable) as err:
+        if get_mode() == "full":
+            raise
+        unavailable[name] = (str(err) if name == "is" else
+                             f"style_acc n/a: the style classifier's training images are not available ({err})")
+        return float("nan")
+    return gan.inception_score(probs, splits=max(1, min(10, len(outputs) // 10)))[0]
 
 
 def to_json_rows(df) -> list[dict]:

@@ -56,3 +56,39 @@ def test_evaluate_cli_skips_a_method_whose_weights_are_missing(tmp_path, mirror,
                  "--json", str(out)]) == 0
     assert [r["method"] for r in json.loads(out.read_text())["rows"]] == ["identity"]
     assert "animegan skipped" in capsys.readouterr().err
+
+
+class _BrightIsComicV2:
+    """A toy style classifier: bright images are 'comic v2', dark ones 'photo'."""
+
+    classes = ("photo", "comic v1", "comic v2")
+
+    def predict(self, images):
+        return torch.where(images.mean(dim=(1, 2, 3)) > 0.5, 2, 0)
+
+
+def test_style_acc_uses_the_given_classifier_and_is_is_na_offline():
+    x = torch.cat([torch.full((2, 3, 32, 32), 0.9), torch.full((2, 3, 32, 32), 0.1)])
+    df = evaluation.evaluate({"identity": stylizers.build("identity")}, x, x, metric_names=["ssim"],
+                             set_metrics=(), style_classifier=_BrightIsComicV2())
+    row = df.set_index("method").loc["identity"]
+    assert row.style_acc == 0.5 and row.ssim == 1.0
+    assert math.isnan(row["is"]) and "IS n/a" in df.attrs["unavailable"]["is"]
+    assert list(df.columns[-2:]) == ["style_acc", "is"]
+
+
+def test_without_a_classifier_one_is_trained_once_and_announced(monkeypatch, capsys):
+    from comicutils import gan
+
+    calls = []
+    monkeypatch.setattr(gan, "course_style_classifier", lambda **kw: calls.append(kw) or _BrightIsComicV2())
+    evaluation._trained_style_classifier.cache_clear()
+    try:
+        x = torch.full((2, 3, 32, 32), 0.9)
+        for _ in range(2):
+            df = evaluation.evaluate([stylizers.build("identity")], x, x, metric_names=["ssim"], set_metrics=(),
+                                     style_metrics=("style_acc",))
+    finally:
+        evaluation._trained_style_classifier.cache_clear()
+    assert df.style_acc.tolist() == [1.0] and len(calls) == 1 and "is" not in df.columns
+    assert "No style classifier given" in capsys.readouterr().out
