@@ -69,9 +69,10 @@ print("REHEARSAL: AnimeGANv2, SD 2.1 ComicDiff, LPIPS and FID numbers")
 
 
 @pytest.fixture(scope="module")
-def standin_env(tmp_path_factory, mirror):
-    """Write the stand-ins once with the course's own command and read back its export lines."""
-    where = tmp_path_factory.mktemp("standins")
+def standin_env(mirror):
+    """Write the stand-ins with the course's own command (into the folder the unit tests use, so
+    a second writer only verifies it) and read back its export lines."""
+    where = ROOT / "build" / "test-standins"
     env = {**os.environ, "COMICUTILS_MIRROR": str(mirror)}
     out = subprocess.run([sys.executable, "-m", "comicutils", "assets", "stand-ins", str(where)],
                          capture_output=True, text=True, env=env, timeout=900)
