@@ -57,6 +57,11 @@ def _check_pairs(train, size: int):
     return train
 
 
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _announce_quick(what: str, where: Path | None, why: str, instead: str) -> None:
     looked = f"Looked for {what} in {where}." if where is not None else f"Did not look for {what}."
     notice_banner(f"{what[0].upper()}{what[1:]} not used: training a quick one here",
@@ -200,13 +205,18 @@ def _comicdiff_found(folder: Path, size: int, rank: int, device) -> tuple[ComicD
         denoiser = folder / "denoiser"
         if not (denoiser / "config.json").is_file():
             return None, f"its pre-trained denoiser ({denoiser}) is missing"
+        try:
+            model = cd.load_translator(adapter, denoiser=denoiser, device=device)
+        except (OSError, ValueError, RuntimeError) as err:       # e.g. adapter and denoiser do not match
+            return None, f"it cannot be loaded with the denoiser beside it ({_first_line(err)})"
         base = cd.offline_components(denoiser=str(denoiser))      # announces the offline path
-        model = cd.load_translator(adapter, denoiser=denoiser, device=device)
         return ComicDiffResult(model, path, False, adapter, denoiser, folder, info.get("step"), base), ""
     try:
         model = cd.load_translator(adapter, device=device)
     except cd.SD21Unavailable:
         return None, "the adapter there was trained on Stable Diffusion 2.1, which cannot be loaded here"
+    except (OSError, ValueError, RuntimeError) as err:
+        return None, f"it cannot be loaded ({_first_line(err)})"
     return ComicDiffResult(model, path, False, adapter, None, folder, info.get("step")), ""
 
 
@@ -248,6 +258,9 @@ def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_ste
                     "pre-training")
     train = _check_pairs(train, size)
     components = cd.load_components("auto", seed=seed, unet_config=unet_config, device=device)
+    if components.path == "offline":                 # built on the CPU; train where the model will run
+        components.codec.to(device)
+        components.unet.to(device)
     train_set = cd.encode_pairs(components.codec, train, show_progress=False)     # photos and their mirrors
     if components.path == "offline":                 # the denoiser learns photo and comic latents
         comics = cd.encode_images(components.codec, train.comics, show_progress=False)

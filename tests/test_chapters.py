@@ -168,7 +168,7 @@ def test_comicdiff_of_chapter_04_at_this_size_is_used_with_its_denoiser(runs, qu
     assert any(s.wanted.startswith("Stable Diffusion 2.1") for s in runtime.substitutes_in_use())
 
 
-@pytest.mark.parametrize("problem", ["size", "denoiser", "nothing"])
+@pytest.mark.parametrize("problem", ["size", "denoiser", "other denoiser", "nothing"])
 def test_comicdiff_missing_or_mismatched_trains_a_quick_one(runs, quick_offline, problem, capsys):
     if problem == "size":
         write_chapter_04(runs, quick_offline)
@@ -178,6 +178,12 @@ def test_comicdiff_missing_or_mismatched_trains_a_quick_one(runs, quick_offline,
         write_chapter_04(runs, quick_offline, denoiser=False)
         got = chapters.comicdiff_from_chapter_04(SIZE, tiny_pairs(), **QUICK)
         why = "denoiser"
+    elif problem == "other denoiser":                            # a U-Net the adapter does not fit
+        write_chapter_04(runs, quick_offline, denoiser=False)
+        other = cd.build_unet({**TINY_OFFLINE_UNET, "block_out_channels": [8, 16], "norm_num_groups": 4})
+        cd.save_denoiser(other, runs / "04" / "denoiser")
+        got = chapters.comicdiff_from_chapter_04(SIZE, tiny_pairs(), **QUICK)
+        why = "cannot be loaded with the denoiser beside it (RuntimeError"
     else:
         got = chapters.comicdiff_from_chapter_04(SIZE, tiny_pairs(), **QUICK)
         why = "no rank-8 adapter there"
