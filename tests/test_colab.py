@@ -6,6 +6,11 @@ notebook is then copied alone into an empty folder and run there under nbval in 
 with that folder as the working directory and the installed copy first on ``PYTHONPATH``, so
 nothing can lean on the repository layout: run folders, figures and other chapters' results
 must all be found through the package. The asset mirror stands in for Colab's internet.
+
+Writes into the checkout are caught where they happen: a ``sitecustomize`` module on the
+subprocesses' path installs an audit hook (PEP 578) that logs every file opened for writing,
+folder made, renamed or removed under the checkout, so the test fails on the run's own writes
+and not on those of anything else running in the checkout meanwhile.
 """
 from __future__ import annotations
 
@@ -25,6 +30,42 @@ OUTER_ENV = dict(os.environ)          # as the session started (conftest default
 LOCAL_VARS = ("COMICUTILS_CACHE", "COMICUTILS_FIGURES", "COMICUTILS_RUNS", "COMICUTILS_OFFLINE",
               "PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "JUPYTER_PATH", "IPYTHONDIR")
 NEEDS_SETUPTOOLS = (77, 0)            # pyproject.toml's build requirement
+
+WRITE_WATCH = """
+import os, sys
+
+def _watch(root, log):
+    roots = tuple({os.path.abspath(root) + os.sep, os.path.realpath(root) + os.sep})
+    writes = ("w", "a", "x", "+")
+    flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    paths = {"os.mkdir": (0,), "os.rename": (0, 1), "os.remove": (0,), "os.rmdir": (0,), "os.truncate": (0,),
+             "os.symlink": (1,), "os.link": (1,), "shutil.copyfile": (1,), "shutil.rmtree": (0,)}
+
+    def hook(event, args):
+        try:
+            if event == "open":
+                path, mode, oflags = args
+                if not (any(c in (mode or "") for c in writes) or (mode is None and (oflags or 0) & flags)):
+                    return
+                targets = [path]
+            elif event in paths:
+                targets = [args[i] for i in paths[event]]
+            else:
+                return
+            for target in targets:
+                if isinstance(target, (str, bytes, os.PathLike)):
+                    full = os.path.abspath(os.fsdecode(target))
+                    if full.startswith(roots):
+                        with open(log, "a") as f:
+                            f.write(f"{event} {full}\\n")
+        except Exception:
+            pass
+
+    sys.addaudithook(hook)
+
+if os.environ.get("COLAB_TEST_CHECKOUT") and os.environ.get("COLAB_TEST_WRITE_LOG"):
+    _watch(os.environ["COLAB_TEST_CHECKOUT"], os.environ["COLAB_TEST_WRITE_LOG"])
+"""
 
 pytestmark = pytest.mark.slow
 
@@ -59,25 +100,26 @@ def colab(tmp_path_factory) -> dict:
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=src)
         assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
 
+    hooks = tmp_path_factory.mktemp("hooks")
+    (hooks / "sitecustomize.py").write_text(WRITE_WATCH)
     env = {k: v for k, v in OUTER_ENV.items() if k not in LOCAL_VARS}
-    env.update(COMICUTILS_MODE="smoke", COMICUTILS_PROGRESS="0", PYTHONPATH=str(site),
-               HOME=str(tmp_path_factory.mktemp("home")))
+    env.update(COMICUTILS_MODE="smoke", COMICUTILS_PROGRESS="0", PYTHONPATH=os.pathsep.join([str(site), str(hooks)]),
+               HOME=str(tmp_path_factory.mktemp("home")), COLAB_TEST_CHECKOUT=str(ROOT))
     probe_dir = tmp_path_factory.mktemp("probe")
+    log = probe_dir.parent / "probe-writes.log"
+    canary = ROOT / "no-such-folder" / "written-by-the-probe"
     probe = subprocess.run(
         [sys.executable, "-c", "import json, comicutils; from comicutils import runtime; print(json.dumps("
-         "{'file': comicutils.__file__, 'root': str(runtime.project_root()), 'runs': str(runtime.runs_root())}))"],
-        capture_output=True, text=True, cwd=probe_dir, env=env)
+         "{'file': comicutils.__file__, 'root': str(runtime.project_root()), 'runs': str(runtime.runs_root())}))\n"
+         f"try: open({str(canary)!r}, 'w')\nexcept OSError: pass"],
+        capture_output=True, text=True, cwd=probe_dir, env={**env, "COLAB_TEST_WRITE_LOG": str(log)})
     assert probe.returncode == 0, probe.stderr
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
     assert Path(seen["file"]).resolve().is_relative_to(site.resolve()), seen   # the installed copy, not the checkout
     assert seen["root"] == "None", seen                                         # it knows no checkout
     assert Path(seen["runs"]) == probe_dir / "comicutils-runs" / "smoke", seen
+    assert log.is_file() and str(canary) in log.read_text(), "the write watch is not active"
     return env
-
-
-def _files(*folders: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
-            for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -85,13 +127,14 @@ def test_a_notebook_runs_alone_from_the_installed_package(notebook, colab, tmp_p
     work = tmp_path / "content"
     work.mkdir()
     shutil.copy(notebook, work / notebook.name)
-    before = _files(ROOT / "data", ROOT / "figures")
+    log = tmp_path / "checkout-writes.log"
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=900",
            "-p", "no:cacheprovider", "-q", "--rootdir", str(work), notebook.name]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=colab, timeout=1800)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env={**colab, "COLAB_TEST_WRITE_LOG": str(log)},
+                          timeout=1800)
     assert done.returncode == 0, _tail(done.stdout + done.stderr)
 
-    assert _files(ROOT / "data", ROOT / "figures") == before, "the run wrote into the checkout"
+    assert not log.exists(), f"the run wrote into the checkout:\n{_tail(log.read_text(), 2000)}"
     made = {p.name for p in work.iterdir()} - {notebook.name}
     assert made <= {"comicutils-runs", "comicutils-figures"}, f"unexpected outputs in the working folder: {made}"
     source = notebook.read_text()
