@@ -29,7 +29,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "taesd", "nst", "pix2pix",
-               "cartoon", "animegan", "stylizers", "evaluation", "fid", "viz", "bench", "course",
+               "cartoon", "animegan", "stylizers", "evaluation", "fid", "viz", "bench", "course", "checkpoints",
                "cli")
 
 

@@ -57,9 +57,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .checkpoints import restore_trainer, save_state, trainer_state
 from .images import check_image_tensor
 from .metrics import MetricUnavailable
-from .runtime import atomic_path, get_device, progress
+from .runtime import get_device, progress
 
 __all__ = [
     "STYLE_LABELS", "CHECKPOINT_FORMAT", "CLASSIFIER_FORMAT",
@@ -481,37 +482,18 @@ class GANTrainer:
     # files -----------------------------------------------------------------------
     def state(self) -> dict:
         """Everything needed to resume, as plain tensors, numbers, strings, lists and dicts."""
-        return {"format": CHECKPOINT_FORMAT, "generator": self.generator.state_dict(),
-                "discriminator": self.discriminator.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "step": self.step, "epoch": self.epoch, "history": list(self.history),
-                "samples": {int(k): v for k, v in self.samples.items()}, "config": self.config}
+        return trainer_state(self, CHECKPOINT_FORMAT, samples={int(k): v for k, v in self.samples.items()})
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write :meth:`state` atomically (a temporary file renamed into place)."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state(), tmp)
-        return Path(path)
+        return save_state(self.state(), path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore both networks, optimisers, counters, history and samples (``weights_only=True``).
 
         The file's generator and discriminator configs must equal this trainer's.
         """
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-        for part in ("generator", "discriminator"):
-            theirs = dict(ckpt["config"].get(part, {}))
-            if theirs != self.config[part]:
-                raise ValueError(f"{path} holds a {part} {theirs}; this trainer has "
-                                 f"{self.config[part]}. Use another file or resume=False.")
-        self.generator.load_state_dict(ckpt["generator"])
-        self.discriminator.load_state_dict(ckpt["discriminator"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
-        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
-        self.history = [dict(r) for r in ckpt["history"]]
+        ckpt = restore_trainer(self, path, CHECKPOINT_FORMAT)
         self.samples = {int(k): v.cpu() for k, v in ckpt.get("samples", {}).items()}
 
 
@@ -680,10 +662,8 @@ def course_style_classifier(size: int = 64, steps: int = 300, seed: int = 0,
 
 def save_classifier(classifier: StyleClassifier, path: str | os.PathLike) -> Path:
     """Write the classifier (weights and config) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": CLASSIFIER_FORMAT, "config": dict(classifier.config),
-                    "state": classifier.state_dict()}, tmp)
-    return Path(path)
+    return save_state({"format": CLASSIFIER_FORMAT, "config": dict(classifier.config),
+                       "state": classifier.state_dict()}, path)
 
 
 def load_classifier(path: str | os.PathLike) -> StyleClassifier:

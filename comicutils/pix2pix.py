@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import assets
+from .checkpoints import restore_trainer, save_state, trainer_state
 from .images import check_image_tensor
-from .runtime import atomic_path, get_device, progress
+from .runtime import get_device, progress
 
 __all__ = [
     "GENERATORS", "PERCEPTUAL_LAYERS", "CHECKPOINT_FORMAT",
@@ -590,16 +591,9 @@ def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8,
     return out[0] if single else out
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file beside ``path``, then rename: never a half-written file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
 def save_generator(generator: nn.Module, path: str | os.PathLike) -> Path:
     """Save ``{"format", "generator": state dict, "config": {"generator": config}}`` atomically."""
-    return _atomic_save({"format": CHECKPOINT_FORMAT, "generator": generator.state_dict(),
+    return save_state({"format": CHECKPOINT_FORMAT, "generator": generator.state_dict(),
                          "config": {"generator": dict(generator.config)}}, path)
 
 
@@ -817,36 +811,18 @@ class Pix2PixTrainer:
     # files -----------------------------------------------------------------------
     def state(self) -> dict:
         """Everything needed to resume, as plain tensors, numbers, strings, lists and dicts."""
-        return {"format": CHECKPOINT_FORMAT, "generator": self.generator.state_dict(),
-                "discriminator": self.discriminator.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "step": self.step, "epoch": self.epoch, "history": list(self.history),
-                "config": self.config}
+        return trainer_state(self, CHECKPOINT_FORMAT)
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write :meth:`state` atomically (temp file + ``os.replace``)."""
-        return _atomic_save(self.state(), path)
+        return save_state(self.state(), path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore networks, optimisers, step, epoch and history (``weights_only=True``).
 
         The checkpoint's generator and discriminator configs must equal this trainer's.
         """
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} trainer checkpoint")
-        for part in ("generator", "discriminator"):
-            theirs = dict(ckpt["config"].get(part, {}))
-            if theirs != self.config[part]:
-                raise ValueError(f"{path} was trained with {part} {theirs}, this trainer has "
-                                 f"{self.config[part]}; use another checkpoint file or "
-                                 f"resume=False")
-        self.generator.load_state_dict(ckpt["generator"])
-        self.discriminator.load_state_dict(ckpt["discriminator"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
-        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
-        self.history = [dict(r) for r in ckpt["history"]]
+        restore_trainer(self, path, CHECKPOINT_FORMAT)
 
     def save_generator(self, path: str | os.PathLike) -> Path:
         """The generator alone (for ``stylize --method pix2pix``): see :func:`save_generator`."""
