@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from test_comicdiff import TinyCodec  # a fixed random /4 autoencoder standing in for SD 2.1's VAE
 
 from comicutils import chapters, data, pix2pix, runtime
 from comicutils import comicdiff as cd
 from comicutils.comicdiff import components as cd_components
 from comicutils.comicdiff import lora
-from comicutils.comicdiff.components import LatentCodec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,29 +30,6 @@ def tiny_pairs(n: int = 4, size: int = SIZE) -> data.PairSet:
     g = torch.Generator().manual_seed(0)
     return data.PairSet([f"p{i}" for i in range(n)], torch.rand(n, 3, size, size, generator=g),
                         torch.rand(n, 3, size, size, generator=g))
-
-
-class TinyCodec(LatentCodec):
-    """A fixed random /4 autoencoder with 4 latent channels: stands in for SD 2.1's VAE."""
-
-    name = "tiny"
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.enc = nn.Conv2d(3, 4, 4, stride=4)
-        self.dec = nn.ConvTranspose2d(4, 3, 4, stride=4)
-        for p in self.parameters():
-            p.data = torch.randn(p.shape, generator=g) * 0.3
-        self.requires_grad_(False)
-        self.latent_channels, self.downscale_factor = 4, 4
-
-    def encode(self, images):
-        self.check_size(images)
-        return self.enc(images * 2 - 1)
-
-    def decode(self, latents):
-        return torch.sigmoid(self.dec(latents))
 
 
 def fake_sd21(**kwargs) -> cd.Components:
