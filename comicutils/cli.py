@@ -426,6 +426,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(prog="python -m comicutils",
                                      description="Photo -> Comic course helpers.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full Python traceback when a command fails (also COMICUTILS_DEBUG=1)")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers = {}
     for name, (help_text, configure) in COMMANDS.items():
@@ -433,11 +435,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     return parser, handlers
 
 
+DEBUG_ENV = "COMICUTILS_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 the command failed (one line on stderr saying why),
+    2 bad usage (argparse's message), 130 interrupted. ``--debug`` or ``COMICUTILS_DEBUG=1``
+    shows the full traceback instead of the one line."""
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
     try:
         return handlers[args.command](args)
-    except KeyboardInterrupt:  # pragma: no cover
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # the error boundary: package errors become one line
+        if debug:
+            raise
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {text} (--debug shows the traceback)", file=sys.stderr)
+        return 1

@@ -93,3 +93,23 @@ def test_the_wheel_ships_every_subpackage():
     include = setuptools_cfg["packages"]["find"]["include"]
     assert "comicutils" in include and "comicutils.*" in include
     assert (ROOT / "comicutils" / "comicdiff" / "__init__.py").is_file()
+
+
+def test_cli_failures_are_one_line_without_traceback_unless_debug(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    cmd = [sys.executable, "-m", "comicutils", "stylize", str(broken), "--method", "nst", "--style", str(broken),
+           "--out", str(tmp_path / "out")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "broken.jpg" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
+    # an error no command handles itself reaches the boundary: one line, or the traceback on request
+    (tmp_path / "a-file").write_text("")
+    boundary = [sys.executable, "-m", "comicutils", "assets", "stand-ins", str(tmp_path / "a-file" / "dir")]
+    out = subprocess.run(boundary, capture_output=True, text=True)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert "a-file" in out.stderr
+    debug = subprocess.run(boundary[:3] + ["--debug"] + boundary[3:], capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
