@@ -9,6 +9,8 @@ import torch
 from comicutils import data, stylegan as sg
 from comicutils.data import PairedFolder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny_config(size: int = 16) -> sg.GeneratorConfig:
     return sg.GeneratorConfig(size=size, style_dim=16, n_mlp=2,
@@ -323,6 +325,7 @@ def test_trainer_step_updates_generator_and_discriminator_and_ema():
     assert not torch.equal(before_d["from_rgb.weight"], D.state_dict()["from_rgb.weight"])
     assert not torch.equal(tr.G_ema.state_dict()["conv1.conv.weight"], before_g["conv1.conv.weight"])
     assert len(tr.history) == 2 and {"d", "g_adv", "r1"} <= set(tr.history[0])
+    assert [r["step"] for r in tr.history] == [1, 2] and tr.step == 2
     with pytest.raises(ValueError, match="16, 16"):
         tr.fit(torch.rand(2, 3, 8, 8), 1)
 

@@ -15,6 +15,12 @@
 * :func:`fit_reconstruction`: a regression warm start (GLO) that gives a micro generator a face
   manifold in minutes of CPU, and :func:`reconstruction_term` to anchor it during GAN steps.
 
+A NaN or infinite loss term stops training before the optimiser step it would spoil
+(:class:`comicutils.checkpoints.NonFiniteState`); :meth:`GANTrainer.save_checkpoint` /
+:meth:`GANTrainer.load_checkpoint` and ``fit(..., checkpoint=...)`` let a long run be interrupted
+and finished later (:mod:`comicutils.checkpoints`' format rules: atomic writes, ``weights_only``
+reads, the architecture checked before any weight is loaded).
+
 Images given to the trainer are (N, 3, H, W) in [0, 1]; the networks see [-1, 1] (converted in
 :meth:`GANTrainer._real` and by ``return_raw``). Offline, pretrained FFHQ weights cannot be had,
 so chapter 03 warm-starts a micro generator on the course's photos, trains it briefly with this
@@ -24,15 +30,21 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checkpoints
 from ..runtime import progress
 from .model import SQRT2, Generator
+
+CHECKPOINT_FORMAT = "comicutils.stylegan.trainer/1"
 
 
 class EqualConv2d(nn.Module):
@@ -67,6 +79,12 @@ class Discriminator(nn.Module):
     def __init__(self, size: int, channels: dict[int, int], mbstd_group: int = 4):
         super().__init__()
         res = [2 ** i for i in range(int(math.log2(size)), 1, -1)]     # size ... 4
+        missing = [r for r in res if r not in channels]
+        if missing:
+            raise ValueError(f"channels has no entry for resolutions {missing}")
+        # what the network is built from (checkpoints compare it before loading weights)
+        self.config = {"size": int(size), "channels": {int(r): int(channels[r]) for r in sorted(res)},
+                       "mbstd_group": int(mbstd_group)}
         self.from_rgb = EqualConv2d(3, channels[size], 1)
         self.blocks = nn.ModuleList(_DBlock(channels[r], channels[r // 2]) for r in res[:-1])
         c4 = channels[4]
@@ -129,8 +147,17 @@ ExtraLoss = Callable[["GANTrainer", int, int], torch.Tensor]
 class GANTrainer:
     """Adversarial training of ``G`` against ``D`` (both modified in place); see the module doc.
 
-    ``extra_losses``: {name: (weight, fn)} added to the generator loss each step; every term is
-    logged in ``history`` (one dict per step).
+    ``extra_losses``: {name: (weight, fn)} added to the generator loss each step; ``fn(trainer,
+    batch size, step)`` gets the number of steps done before this one. Every term is logged in
+    ``history``: one dict per step, ``step`` being the step count after it (1, 2, ...), as in
+    the other course trainers. ``self.step`` is the number of steps done.
+
+    A NaN or infinite term (``d``, ``r1``, ``g_adv``, an extra term or the weighted generator
+    total) raises :class:`comicutils.checkpoints.NonFiniteState`, naming the term and the step,
+    before the optimiser step it would spoil: a discriminator term leaves both networks as they
+    were, a generator term leaves ``G`` and ``G_ema`` as they were (the discriminator has taken
+    that step's update by then). Resume from the last checkpoint, with a lower ``lr`` if the
+    run diverged.
     """
 
     G: Generator
@@ -145,14 +172,29 @@ class GANTrainer:
     extra_losses: dict[str, tuple[float, ExtraLoss]] = field(default_factory=dict)
     seed: int = 0
 
+    BETAS = (0.0, 0.99)
+
     def __post_init__(self):
-        betas = (0.0, 0.99)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=self.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=self.lr, betas=betas)
+        if self.D.config["size"] != self.G.size:
+            raise ValueError(f"the generator makes {self.G.size} px images, the discriminator reads "
+                             f"{self.D.config['size']} px")
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=self.lr, betas=self.BETAS)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=self.lr, betas=self.BETAS)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.gen = torch.Generator().manual_seed(self.seed)
         self.history: list[dict] = []
+        self.snapshots: dict[int, torch.Tensor] = {}
         self.step = 0
+
+    @property
+    def config(self) -> dict:
+        """The networks' build parameters and this trainer's settings (saved in checkpoints)."""
+        return {"generator": self.G.config.to_dict(), "discriminator": copy.deepcopy(self.D.config),
+                "trainer": {"lr": float(self.lr), "betas": list(self.BETAS), "batch_size": int(self.batch_size),
+                            "r1_gamma": float(self.r1_gamma), "r1_every": int(self.r1_every),
+                            "mixing_prob": float(self.mixing_prob), "ema_beta": float(self.ema_beta),
+                            "augment": bool(self.augment), "seed": int(self.seed),
+                            "extra_losses": {name: float(w) for name, (w, _) in self.extra_losses.items()}}}
 
     def _aug(self, x):
         return diff_augment(x, self.gen) if self.augment else x
@@ -162,10 +204,26 @@ class GANTrainer:
         return images[idx].to(self.G.w_avg.device) * 2 - 1
 
     def fake_raw(self, n: int, mixing: bool = True) -> torch.Tensor:
+        """``n`` generated images in [-1, 1] (style mixing with ``mixing_prob``, fresh noise maps).
+
+        All randomness comes from ``self.gen``: the noise maps are drawn under a seed taken from
+        it, so a resumed run repeats an uninterrupted one and the global generator is untouched.
+        """
         zplus = _mixed_zplus(self.G, n, self.mixing_prob if mixing else 0.0, self.gen)
-        return self.G(zplus, input_space="z+", noise_mode="random", return_raw=True)
+        noise_seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.gen))
+        dev = self.G.w_avg.device
+        devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(noise_seed)
+            return self.G(zplus, input_space="z+", noise_mode="random", return_raw=True)
+
+    def _check(self, value: torch.Tensor, what: str) -> None:
+        checkpoints.check_finite(value, what, self.step + 1,
+                                 hint=f"Lower the learning rate (now {self.lr:g}), check the images are in "
+                                      "[0, 1], or resume from the last checkpoint.")
 
     def train_step(self, images: torch.Tensor) -> dict:
+        """One discriminator and one generator update; appends and returns the history row."""
         G, D = self.G, self.D
         G.requires_grad_(False)
         D.requires_grad_(True)
@@ -173,12 +231,15 @@ class GANTrainer:
         with torch.no_grad():
             fake = self.fake_raw(self.batch_size)
         d_loss = F.softplus(D(self._aug(fake))).mean() + F.softplus(-D(self._aug(real))).mean()
-        log = {"step": self.step, "d": d_loss.item()}
+        self._check(d_loss, "StyleGAN discriminator loss 'd'")
+        log = {"step": self.step + 1, "d": d_loss.item()}
         if self.r1_gamma and self.step % self.r1_every == 0:
             real_r1 = real.detach().requires_grad_(True)
             grad, = torch.autograd.grad(D(self._aug(real_r1)).sum(), real_r1, create_graph=True)
             r1 = grad.pow(2).flatten(1).sum(1).mean()
+            self._check(r1, "StyleGAN R1 penalty 'r1'")
             d_loss = d_loss + self.r1_gamma / 2 * r1 * self.r1_every
+            self._check(d_loss, "StyleGAN discriminator loss with R1")
             log["r1"] = r1.item()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -188,11 +249,14 @@ class GANTrainer:
         D.requires_grad_(False)
         fake = self.fake_raw(self.batch_size)
         g_loss = F.softplus(-D(self._aug(fake))).mean()
+        self._check(g_loss, "StyleGAN generator loss 'g_adv'")
         log["g_adv"] = g_loss.item()
         for name, (weight, fn) in self.extra_losses.items():
             term = fn(self, self.batch_size, self.step).mean()
+            self._check(term, f"StyleGAN generator term {name!r}")
             log[name] = term.item()
             g_loss = g_loss + weight * term
+        self._check(g_loss, "StyleGAN generator loss (weighted total)")
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -209,27 +273,124 @@ class GANTrainer:
             be.copy_(b)
 
     def fit(self, images: torch.Tensor, steps: int, *, desc: str = "GAN training",
-            snapshot_every: int | None = None, snapshot_seeds=(0, 1, 2, 3)) -> "GANTrainer":
-        """``steps`` training steps on ``images`` (N, 3, size, size) in [0, 1].
+            snapshot_every: int | None = None, snapshot_seeds=(0, 1, 2, 3),
+            checkpoint: str | os.PathLike | None = None, resume: bool = True,
+            checkpoint_every: int | None = None) -> "GANTrainer":
+        """Train on ``images`` (N, 3, size, size) in [0, 1] until ``steps`` steps *in total*.
 
+        The count includes what an earlier call or a resumed checkpoint did, so re-running the
+        same call after an interruption finishes the run (and a finished run is not extended).
         With ``snapshot_every``, ``self.snapshots[step]`` keeps G_ema's images of fixed seeds.
+
+        ``checkpoint``: a file (see :meth:`save_checkpoint`) written every ``checkpoint_every``
+        steps and at the end; with ``resume=True`` an existing one is loaded first. The
+        ``extra_losses`` are functions and are not saved: pass the same ones again to resume.
         """
         if images.ndim != 4 or images.shape[-1] != self.G.size or images.shape[-2] != self.G.size:
             raise ValueError(f"training images must be (N, 3, {self.G.size}, {self.G.size}); "
                              f"got {tuple(images.shape)}")
-        self.snapshots = getattr(self, "snapshots", {})
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
+        if checkpoint is not None and resume and Path(checkpoint).is_file():
+            self.load_checkpoint(checkpoint)
         self.G.train()
-        bar = progress(range(steps), desc=desc)
-        for _ in bar:
-            log = self.train_step(images)
-            if self.step % 10 == 0 and hasattr(bar, "set_postfix"):
-                bar.set_postfix(d=f"{log['d']:.2f}", g=f"{log['g_adv']:.2f}")
-            if snapshot_every and (self.step % snapshot_every == 0 or self.step == steps):
-                self.G_ema.update_w_avg(1024)
-                self.snapshots[self.step] = self.G_ema.generate(snapshot_seeds)
+        bar = progress(total=max(int(steps), self.step), initial=self.step, desc=desc)
+        try:
+            while self.step < steps:
+                log = self.train_step(images)
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(d=f"{log['d']:.2f}", g=f"{log['g_adv']:.2f}", refresh=False)
+                if snapshot_every and (self.step % snapshot_every == 0 or self.step == steps):
+                    self.G_ema.update_w_avg(1024)
+                    self.snapshots[self.step] = self.G_ema.generate(snapshot_seeds)
+                if checkpoint is not None and checkpoint_every and self.step % checkpoint_every == 0 \
+                        and self.step < steps:
+                    self.save_checkpoint(checkpoint)
+        finally:
+            bar.close()
         self.G_ema.update_w_avg()
         self.G.update_w_avg()
+        if checkpoint is not None:
+            self.save_checkpoint(checkpoint)
         return self
+
+    # files -------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything needed to resume, as plain tensors, numbers, strings, lists and dicts."""
+        return {"format": CHECKPOINT_FORMAT, "config": self.config,
+                "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+                "w_avg": {"G": self.G.w_avg, "G_ema": self.G_ema.w_avg},
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "step": int(self.step), "history": [dict(r) for r in self.history],
+                "rng": self.gen.get_state(), "snapshots": {int(k): v for k, v in self.snapshots.items()}}
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`state` to ``path`` all-or-nothing (:func:`comicutils.checkpoints.save_state`).
+
+        Saved: ``G``, ``D``, ``G_ema`` (with their ``w_avg``), both optimisers, ``step``,
+        ``history``, ``snapshots``, the random generator's state, the networks' build parameters
+        and the trainer settings. Not saved: ``extra_losses`` (functions; only their names and
+        weights are recorded). NaN or infinite weights raise ``NonFiniteState`` and nothing is
+        written; temporary files left by a killed save are removed.
+        """
+        return checkpoints.save_state(self.state(), path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> dict:
+        """Restore a :meth:`save_checkpoint` file (read with ``weights_only=True``); returns its dict.
+
+        The file is checked before any weight is loaded: an unreadable one raises a one-line
+        ``ValueError``, one for another generator or discriminator configuration raises
+        :class:`comicutils.checkpoints.ProvenanceMismatch` naming both sides. The trainer's own
+        learning rate is kept (so a diverged run can resume with a lower one); the other recorded
+        settings are informative. ``extra_losses`` are not in the file: this trainer's are used.
+        """
+        ckpt = checkpoints.load_file(path)               # CPU; load_state_dict moves to the device
+        if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            found = ckpt.get("format") if isinstance(ckpt, Mapping) else type(ckpt).__name__
+            raise ValueError(f"{path} is not a micro StyleGAN trainer checkpoint "
+                             f"(expected format {CHECKPOINT_FORMAT!r}, found {found!r})")
+        saved, now = ckpt.get("config", {}), self.config
+        checkpoints.check_provenance(_flat(saved, ("generator", "discriminator")),
+                                     _flat(now, ("generator", "discriminator")), f"checkpoint {path}")
+        for key, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            _check_fits(module, ckpt[key], f"{path} ({key})")
+        for key, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
+            sizes = [len(g["params"]) for g in ckpt[key]["param_groups"]]
+            if sizes != [len(g["params"]) for g in opt.param_groups]:
+                raise ValueError(f"{path}: optimiser {key} has parameter groups of {sizes}, this trainer's "
+                                 f"{[len(g['params']) for g in opt.param_groups]}")
+
+        self.G.load_state_dict(ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+        self.G_ema.load_state_dict(ckpt["G_ema"])
+        dev = self.G.w_avg.device
+        self.G.w_avg = ckpt["w_avg"]["G"].to(dev)
+        self.G_ema.w_avg = ckpt["w_avg"]["G_ema"].to(self.G_ema.w_avg.device)
+        for key, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
+            opt.load_state_dict(ckpt[key])
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = self.lr, self.BETAS
+        self.step = int(ckpt["step"])
+        self.history = [dict(r) for r in ckpt["history"]]
+        self.snapshots = {int(k): v for k, v in ckpt.get("snapshots", {}).items()}
+        self.gen.set_state(ckpt["rng"])
+        return ckpt
+
+
+def _flat(config: Mapping, parts) -> dict:
+    """``{"generator": {"size": 16}}`` -> ``{"generator.size": 16}`` (one entry per build parameter)."""
+    return {f"{part}.{k}": v for part in parts for k, v in dict(config.get(part, {})).items()}
+
+
+def _check_fits(module: nn.Module, state: Mapping[str, Any], what: str) -> None:
+    """Raise ``ValueError`` unless ``state`` has exactly ``module``'s keys and shapes."""
+    own = module.state_dict()
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{what}: not a state dict")
+    wrong = sorted(set(own) ^ set(state)) + [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"{what} does not fit this network ({len(wrong)} keys differ, e.g. {', '.join(wrong[:4])})")
 
 
 # --------------------------------------------------------------------------- seed 001's constraints
