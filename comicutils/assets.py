@@ -14,7 +14,11 @@ interrupted download never leaves a file in the cache.
 
 The face2comics full-dataset tarballs are published without a checksum. They are *pinned on
 first use*: the sha256 of the first copy fetched is recorded in ``<cache>/pins.json`` and every
-later use is verified against it. ``python -m comicutils assets list`` marks them.
+later use is verified against it. ``python -m comicutils assets list`` marks them. Before a first
+copy is trusted it must open as what its file name says (:func:`check_format`: a tar archive
+that lists, a zip, a PyTorch or safetensors file, an image); random bytes or a saved error page
+raise :class:`FormatMismatch` and are not pinned. ``assets verify`` only looks: a first-sight
+file that passes is reported ``unpinned`` with the digest its first use will pin.
 
 Test stand-ins (tests and rehearsals only)
 ------------------------------------------
@@ -320,12 +324,234 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-_VERIFIED: dict[tuple, str] = {}
+_VERIFIED: dict[tuple, str] = {}      # file state -> sha256 (a file that passed, or awaits its pin)
+_FORMATS: dict[tuple, str] = {}       # file state -> what the format check found (first sight)
 
 
 def _file_state(path: Path) -> tuple:
     st = path.stat()
     return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# --------------------------------------------------------------------------- format checks
+# An asset without a published sha256 is pinned on first use, so the first copy seen decides what
+# "genuine" means from then on. Before that copy is trusted it must at least open as what the
+# asset claims to be (chosen by file name). The checks are structural and cheap (no weights are
+# loaded, no image is stored):
+#
+#   .tar .tar.gz .tgz .tar.bz2 .tar.xz   tarfile opens it and lists >= 1 member; a plain tar must
+#                                       hold every member's data and the end-of-archive marker
+#                                       (two zero blocks), a compressed one decompress to its end
+#                                       (both catch a truncated download)
+#   .zip                                zipfile finds the central directory, >= 1 member
+#   .pt .pth .ckpt                      torch's zip format (central directory + a data.pkl member)
+#                                       or the legacy format's pickle header (protocol 2 + magic;
+#                                       only the header: a truncated legacy file is not detected)
+#   .safetensors                        8-byte header length, JSON header of tensor entries whose
+#                                       data offsets end exactly at the end of the file
+#   .jpg .jpeg .png .webp .gif .bmp     Pillow identifies, verifies and decodes it
+#   .json                               parses as JSON
+#   anything else (.onnx, .bin, ...)    no format check: no cheap test tells such a file from
+#                                       random bytes; only an empty file is refused.
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_TORCH_LEGACY_HEADER = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"   # pickle(protocol 2) of torch's magic number
+
+
+class FormatMismatch(ChecksumMismatch):
+    """A file does not open as the format its asset claims (checked before an unpinned asset is
+    pinned, so random bytes or an error page are never trusted on first use)."""
+
+
+def expected_format(asset: Asset | str) -> str | None:
+    """What the file of ``asset`` must be before it may be pinned, or ``None`` (no check)."""
+    kind = _format_kind(asset)
+    return None if kind is None else _FORMAT_NAMES[kind]
+
+
+def _format_kind(asset: Asset | str) -> str | None:
+    name = (asset.filename if isinstance(asset, Asset) else Path(asset).name).lower()
+    if name.endswith(_TAR_SUFFIXES):
+        return "tar"
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".pt", ".pth", ".ckpt")):
+        return "torch"
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith(_IMAGE_SUFFIXES):
+        return "image"
+    if name.endswith(".json"):
+        return "json"
+    return None
+
+
+_FORMAT_NAMES = {"tar": "tar archive", "zip": "zip archive", "torch": "PyTorch file",
+                 "safetensors": "safetensors file", "image": "readable image", "json": "JSON file"}
+
+
+def _sniff(path: Path) -> str:
+    """A short guess at what a file really is, for error messages."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    signatures = [(b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip data"), (b"\xff\xd8\xff", "a JPEG image"),
+                  (b"\x89PNG", "a PNG image"), (b"\x80\x02\x8a\x0al\xfc\x9c", "a legacy PyTorch file"),
+                  (b"BZh", "bzip2 data"), (b"\xfd7zXZ", "xz data"), (b"GIF8", "a GIF image")]
+    for magic, what in signatures:
+        if head.startswith(magic):
+            return f"the start of {what}"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "the start of a tar archive"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
+        return "an HTML/XML page (a login or error page saved in place of the file?)"
+    if text.startswith((b"{", b"[")):
+        return "JSON or other text"
+    if all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        return f"text starting {head[:40].decode('ascii', 'replace')!r}"
+    return f"unrecognised bytes {head[:8].hex(' ')}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    first = text.splitlines()[0][:100].rstrip(" :") if text else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _check_tar(path: Path) -> str:
+    import tarfile
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(6)
+    compressed = head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+    with tarfile.open(path) as tf:          # any compression; a truncated stream fails to decompress
+        members = tf.getmembers()
+        if compressed:                      # read to the stream's end: its length and CRC are checked there
+            while tf.fileobj.read(_CHUNK):
+                pass
+    if not members:
+        raise ValueError("the archive is empty")
+    if not compressed:                       # a cut-off plain tar still lists: look at the end
+        stored = [m for m in members if m.isreg() and not m.issparse()]
+        beyond = [m.name for m in stored if m.offset_data + m.size > size]
+        if beyond:
+            raise ValueError(f"member {beyond[0]!r} runs past the end of the file (truncated)")
+        last = members[-1]
+        if not last.issparse():
+            end = last.offset_data + (-(-last.size // 512) * 512 if last.isreg() else 0)
+            with open(path, "rb") as f:
+                f.seek(end)
+                marker = f.read(1024)
+            if marker != bytes(1024):
+                raise ValueError("no end-of-archive marker after the last member (truncated)")
+    return f"{'compressed ' if compressed else ''}tar archive, {len(members)} members"
+
+
+def _check_zip(path: Path) -> list[str]:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError("no zip central directory")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    if not names:
+        raise ValueError("the archive is empty")
+    return names
+
+
+def _check_torch(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(len(_TORCH_LEGACY_HEADER))
+    if head == _TORCH_LEGACY_HEADER:
+        return "legacy PyTorch file"
+    names = _check_zip(path)
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        raise ValueError("a zip archive without torch's data.pkl")
+    return f"PyTorch zip file, {len(names)} records"
+
+
+def _check_safetensors(path: Path) -> str:
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError("shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", raw)
+        if n == 0 or n > min(size - 8, 100 << 20):
+            raise ValueError(f"header length {n} does not fit a {size}-byte file")
+        header = json.loads(f.read(n).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    try:
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+        for v in tensors.values():
+            v["dtype"], list(v["shape"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ValueError("the header entries are not tensor descriptions") from None
+    if 8 + n + end != size:
+        raise ValueError(f"tensor data ends at byte {8 + n + end}, the file has {size} (truncated or padded)")
+    return f"safetensors file, {len(tensors)} tensors"
+
+
+def _check_image(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        fmt = im.format
+        im.verify()
+    with Image.open(path) as im:
+        im.load()                       # decodes: a truncated image fails here
+        return f"{fmt} image {im.size[0]}x{im.size[1]}"
+
+
+def _check_json(path: Path) -> str:
+    json.loads(path.read_bytes().decode("utf-8"))
+    return "JSON file"
+
+
+_FORMAT_CHECKS = {"tar": _check_tar, "zip": lambda p: f"zip archive, {len(_check_zip(p))} members",
+                  "torch": _check_torch, "safetensors": _check_safetensors, "image": _check_image,
+                  "json": _check_json}
+
+
+def _format_problem(asset: Asset, path: Path) -> tuple[str, str, str]:
+    """``(expected, found, problem)``: ``problem`` is "" when ``path`` passes the check of
+    ``asset``'s format (``found`` then says what it is)."""
+    kind = _format_kind(asset)
+    expected = _FORMAT_NAMES[kind] if kind else "non-empty file"
+    if path.stat().st_size == 0:
+        return expected, "0 bytes", "the file is empty"
+    if kind is None:
+        return expected, "not checked (no format check for this file type)", ""
+    try:
+        return expected, _FORMAT_CHECKS[kind](path), ""
+    except Exception as err:  # every parser has its own errors; all mean "not this format"
+        return expected, _sniff(path), _first_line(err)
+
+
+def check_format(asset: Asset | str, path: str | os.PathLike) -> str:
+    """Check that ``path`` opens as what ``asset`` (an asset or its name) claims to be.
+
+    The format comes from the asset's file name (see the table above); ``path`` itself may be
+    named otherwise. Returns what was found ("tar archive, 3 members"); raises
+    :class:`FormatMismatch`, one line naming the asset, the expected format and what the file
+    looks like instead.
+    """
+    asset = get_asset(asset) if isinstance(asset, str) else asset
+    path = Path(path)
+    expected, found, problem = _format_problem(asset, path)
+    if problem:
+        raise FormatMismatch(
+            f"asset {asset.name!r}: {path} is not a valid {expected}, as its name {asset.filename!r} says it "
+            f"should be ({problem}; found {found}); it was not pinned. Delete it and fetch again ({asset.url}).")
+    return found
 
 
 def _pins_file() -> Path:
@@ -360,13 +586,21 @@ def _record_pin(asset: Asset, digest: str) -> None:
           f"use in {target}", flush=True)
 
 
-def _check(asset: Asset, path: Path) -> None:
-    """Raise :class:`ChecksumMismatch` unless ``path`` holds the asset (memoised per file state)."""
+def _check(asset: Asset, path: Path, *, pin: bool = True) -> str:
+    """Raise :class:`ChecksumMismatch` unless ``path`` holds the asset (memoised per file state);
+    return its sha256.
+
+    An asset with neither a published nor a recorded digest is first sight: the file must pass
+    :func:`check_format` (else :class:`FormatMismatch`, nothing pinned), then it is pinned when
+    ``pin`` (a use) and left unpinned otherwise (``verify`` only looks).
+    """
     key = _file_state(path)
     digest = _VERIFIED.get(key) or sha256_of(path)
     expected = _expected_sha256(asset)
     if expected is None:
-        _record_pin(asset, digest)
+        _FORMATS[key] = check_format(asset, path)
+        if pin:
+            _record_pin(asset, digest)
     elif digest != expected and digest == standin_digest(asset):
         _accept_standin(asset.name, path)
     elif digest != expected:
@@ -375,6 +609,7 @@ def _check(asset: Asset, path: Path) -> None:
             f"{expected}, got {digest}. The file is corrupt or a different version; delete it "
             f"and fetch again ({asset.url}).")
     _VERIFIED[key] = digest
+    return digest
 
 
 # --------------------------------------------------------------------------- test stand-ins
@@ -485,29 +720,30 @@ def cached_path(name: str) -> Path:
     return cache_dir() / get_asset(name).path
 
 
-def find_local(name: str) -> Path | None:
+def find_local(name: str, *, pin: bool = True) -> Path | None:
     """The verified local copy (cache first, then mirrors), or ``None`` if there is none.
 
     A copy with the wrong checksum in the cache raises :class:`ChecksumMismatch`; a wrong
     file in a mirror is skipped (another mirror may hold the right one) but reported if no
-    good copy is found.
+    good copy is found. For an asset without a published checksum, the first copy found must
+    pass :func:`check_format` and is then pinned, unless ``pin=False``.
     """
     asset = get_asset(name)
     cached = cache_dir() / asset.path
     if cached.is_file():
-        _check(asset, cached)
+        _check(asset, cached, pin=pin)
         return cached
-    bad: list[str] = []
+    bad: list[ChecksumMismatch] = []
     for root in mirror_dirs():
         for cand in (root / asset.path, root / asset.filename):
             if cand.is_file():
                 try:
-                    _check(asset, cand)
+                    _check(asset, cand, pin=pin)
                     return cand
-                except ChecksumMismatch as err:
-                    bad.append(str(err))
+                except ChecksumMismatch as err:      # a FormatMismatch too: it keeps its class
+                    bad.append(err)
     if bad:
-        raise ChecksumMismatch(bad[0])
+        raise bad[0]
     return None
 
 
@@ -573,6 +809,12 @@ def _download(asset: Asset, target: Path, *, quiet: bool = False) -> None:
             raise ChecksumMismatch(
                 f"downloaded {asset.url} but its sha256 is {digest}, expected {expected}; "
                 "nothing was written to the cache.")
+        if expected is None:                      # first sight: the format must fit before the pin
+            fmt, found, problem = _format_problem(asset, tmp)
+            if problem:
+                raise FormatMismatch(
+                    f"downloaded {asset.url} for asset {asset.name!r}: not a valid {fmt} ({problem}; "
+                    f"found {found}); nothing was written to the cache or pinned.")
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         _VERIFIED[_file_state(target)] = digest
@@ -643,27 +885,39 @@ def fetch_or_substitute(name: str, *, wanted: str, substitute: str) -> Path | No
 # --------------------------------------------------------------------------- verify
 @dataclass(frozen=True)
 class VerifyResult:
+    """``status``: ``"ok"`` (checksum verified), ``"unpinned"`` (no published checksum and none
+    recorded yet: the file passed its format check, ``sha256`` is what its first use will pin;
+    neither verified nor failed), ``"missing"``, ``"absent"`` (optional, not mirrored) or
+    ``"mismatch"`` (wrong checksum, or a first-sight file in the wrong format)."""
+
     name: str
-    status: str        # "ok", "missing", "absent" (optional, not mirrored) or "mismatch"
+    status: str
     path: str
     detail: str = ""
+    sha256: str = ""
 
     @property
     def failed(self) -> bool:
         return self.status in {"missing", "mismatch"}
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "ok"
 
 
 def verify(names: list[str] | None = None) -> list[VerifyResult]:
     """Check every asset (or ``names``) found in the cache or mirrors against its sha256.
 
     A mirrored asset that is nowhere to be found counts as ``missing`` (a failure); a
-    full-mode asset that is not present is ``absent`` (expected offline).
+    full-mode asset that is not present is ``absent`` (expected offline). Verifying pins
+    nothing: an asset without a published checksum seen for the first time is ``unpinned``
+    when its file passes the format check (``mismatch`` when it does not).
     """
     out = []
     for name in names or list(REGISTRY):
         asset = get_asset(name)
         try:
-            path = find_local(name)
+            path = find_local(name, pin=False)
         except ChecksumMismatch as err:
             out.append(VerifyResult(name, "mismatch", "", str(err)))
             continue
@@ -672,11 +926,19 @@ def verify(names: list[str] | None = None) -> list[VerifyResult]:
             status = "missing" if (asset.mirrored or requested) else "absent"
             out.append(VerifyResult(name, status, "", "not in cache or mirror"))
         else:
+            state = _file_state(path)
+            digest = _VERIFIED.get(state, "")
+            if _expected_sha256(asset) is None:
+                out.append(VerifyResult(
+                    name, "unpinned", str(path),
+                    f"no published checksum, none recorded yet; {_FORMATS.get(state, 'format checked')}; "
+                    f"its first use pins sha256 {digest}", digest))
+                continue
             note = "" if asset.pinned else "pinned on first use (no published checksum)"
             standin = standin_digest(asset) if asset.pinned else None
-            if standin and _VERIFIED.get(_file_state(path)) == standin:
+            if standin and digest == standin:
                 note = f"TEST STAND-IN (random weights, accepted through {STANDIN_ENV})"
-            out.append(VerifyResult(name, "ok", str(path), note))
+            out.append(VerifyResult(name, "ok", str(path), note, digest))
     return out
 
 

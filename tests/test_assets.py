@@ -205,3 +205,144 @@ def test_cli_list_and_verify(capsys, mirror):
     assert "face2comics-v2-preview" in out and "pinned on first use" in out
     assert cli_main(["assets", "verify"]) == 0
     assert "0 failed" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- first sight of an unpinned asset
+def _unpinned_asset(monkeypatch, filename: str, name: str = "fake-unpinned"):
+    a = assets.Asset(name, f"https://example.invalid/{filename}", "", None, "CC0", "test file",
+                     f"fake/{filename}", "fake")
+    monkeypatch.setitem(assets.REGISTRY, name, a)
+    return a
+
+
+def _garbage(n: int = 4096) -> bytes:
+    import random
+
+    return random.Random(0).randbytes(n)
+
+
+def _tar_bytes(mode: str = "w", members: int = 2) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for i in range(members):
+            data = _garbage(3000 + i)
+            info = tarfile.TarInfo(f"faces/{i:03d}.jpg")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _real_file(kind: str) -> bytes:
+    """A small genuine file of each checked format."""
+    import json
+    import zipfile
+
+    import torch
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if kind == "tar":
+        return _tar_bytes()
+    if kind == "tar.gz":
+        return _tar_bytes("w:gz")
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("a.txt", "hello" * 100)
+    elif kind == "pt":
+        torch.save({"w": torch.arange(300.0)}, buf)
+    elif kind == "pth":                                            # torch's legacy format
+        torch.save({"w": torch.arange(300.0)}, buf, _use_new_zipfile_serialization=False)
+    elif kind == "safetensors":
+        from safetensors.torch import save
+
+        return save({"w": torch.arange(300.0).reshape(30, 10)})
+    elif kind in ("jpg", "png"):
+        Image.new("RGB", (32, 32), (200, 40, 10)).save(buf, format="JPEG" if kind == "jpg" else "PNG")
+    elif kind == "json":
+        return json.dumps({"a": list(range(50))}).encode()
+    return buf.getvalue()
+
+
+CHECKED = ["tar", "tar.gz", "zip", "pt", "pth", "safetensors", "jpg", "png", "json"]
+TRUNCATION_DETECTED = ["tar", "tar.gz", "zip", "pt", "safetensors", "jpg", "png", "json"]   # not legacy .pth
+
+
+@pytest.mark.parametrize("kind", CHECKED)
+def test_format_check_accepts_a_real_file_and_rejects_garbage(kind, tmp_path):
+    a = assets.Asset("x", f"https://example.invalid/x.{kind}", "", None, "CC0", "t", f"x/x.{kind}", "x")
+    good = tmp_path / "good"
+    good.write_bytes(_real_file(kind))
+    assert assets.check_format(a, good)
+    for name, data in [("garbage", _garbage()), ("html", b"<!DOCTYPE html><html><body>Sign in</body></html>"),
+                       ("empty", b"")] + ([("truncated", _real_file(kind)[: len(_real_file(kind)) // 2])]
+                                          if kind in TRUNCATION_DETECTED else []):
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        with pytest.raises(assets.FormatMismatch) as err:
+            assets.check_format(a, bad)
+        msg = str(err.value)
+        assert "\n" not in msg and "'x'" in msg and assets.expected_format(a) in msg and "not pinned" in msg, msg
+    assert "HTML" in str(pytest.raises(assets.FormatMismatch, assets.check_format, a, tmp_path / "html").value)
+
+
+def test_file_types_without_a_format_check_only_refuse_an_empty_file(tmp_path):
+    for suffix in ("onnx", "bin"):
+        a = assets.Asset("x", f"https://example.invalid/x.{suffix}", "", None, "CC0", "t", f"x/x.{suffix}", "x")
+        assert assets.expected_format(a) is None
+        (tmp_path / "f").write_bytes(_garbage())
+        assert "not checked" in assets.check_format(a, tmp_path / "f")
+        (tmp_path / "f").write_bytes(b"")
+        with pytest.raises(assets.FormatMismatch, match="empty"):
+            assets.check_format(a, tmp_path / "f")
+
+
+def test_the_unpinned_registry_assets_are_format_checked():
+    for a in assets.REGISTRY.values():
+        if not a.pinned:
+            assert assets.expected_format(a) == "tar archive", a.name
+
+
+def test_random_bytes_for_an_unpinned_asset_are_refused_and_the_genuine_file_then_pins(monkeypatch, tmp_path):
+    _unpinned_asset(monkeypatch, "faces.tar")
+    mirror_file = tmp_path / "fake" / "faces.tar"
+    mirror_file.parent.mkdir()
+    mirror_file.write_bytes(_garbage())
+    monkeypatch.setenv("COMICUTILS_MIRROR", str(tmp_path))
+    with pytest.raises(assets.FormatMismatch, match="not a valid tar archive") as err:
+        assets.fetch("fake-unpinned")
+    assert "fake-unpinned" in str(err.value) and "\n" not in str(err.value)
+    assert "fake-unpinned" not in assets._read_pins()
+    [r] = assets.verify(["fake-unpinned"])
+    assert r.status == "mismatch" and r.failed and "tar archive" in r.detail
+
+    genuine = _tar_bytes()
+    mirror_file.write_bytes(genuine)
+    os.utime(mirror_file, ns=(1, 1))
+    digest = hashlib.sha256(genuine).hexdigest()
+    [r] = assets.verify(["fake-unpinned"])                       # first sight: reported, not pinned
+    assert (r.status, r.failed, r.verified, r.sha256) == ("unpinned", False, False, digest)
+    assert digest in r.detail and "2 members" in r.detail
+    assert "fake-unpinned" not in assets._read_pins()
+    assert assets.fetch("fake-unpinned") == mirror_file            # the use pins it
+    assert assets._read_pins()["fake-unpinned"] == digest
+    [r] = assets.verify(["fake-unpinned"])
+    assert r.status == "ok" and r.verified and "pinned on first use" in r.detail
+
+
+def test_downloaded_garbage_for_an_unpinned_asset_is_not_kept_or_pinned(monkeypatch):
+    _unpinned_asset(monkeypatch, "faces.tar")
+    monkeypatch.delenv("COMICUTILS_OFFLINE")
+    monkeypatch.setenv("COMICUTILS_MIRROR", "")
+    page = b"<!DOCTYPE html><html><body>rate limited</body></html>"
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda *a, **k: _Resp(page))
+    with pytest.raises(assets.FormatMismatch, match="nothing was written to the cache or pinned") as err:
+        assets.fetch("fake-unpinned")
+    assert "HTML" in str(err.value)
+    assert _cache_files() == [] and "fake-unpinned" not in assets._read_pins()
+    genuine = _tar_bytes()
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda *a, **k: _Resp(genuine))
+    path = assets.fetch("fake-unpinned")
+    assert path.read_bytes() == genuine
+    assert assets._read_pins()["fake-unpinned"] == hashlib.sha256(genuine).hexdigest()
