@@ -181,6 +181,9 @@ def test_another_programs_checkpoint_is_refused(tmp_path):
     checkpoints.save_state({"format": "comicutils.pix2pix/1", "generator": {}}, path)
     with pytest.raises(ValueError, match="not a micro StyleGAN trainer checkpoint"):
         trainer().load_checkpoint(path)
+    checkpoints.save_state({"format": "comicutils.stylegan.trainer/1", "step": 3}, path)
+    with pytest.raises(ValueError, match=r"incomplete .*\(no config, G, D,"):
+        trainer().load_checkpoint(path)
 
 
 def test_checkpoint_of_another_size_is_refused_before_any_weight_is_loaded(tmp_path):

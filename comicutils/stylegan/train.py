@@ -350,7 +350,11 @@ class GANTrainer:
             found = ckpt.get("format") if isinstance(ckpt, Mapping) else type(ckpt).__name__
             raise ValueError(f"{path} is not a micro StyleGAN trainer checkpoint "
                              f"(expected format {CHECKPOINT_FORMAT!r}, found {found!r})")
-        saved, now = ckpt.get("config", {}), self.config
+        lacking = [k for k in ("config", "G", "D", "G_ema", "w_avg", "opt_g", "opt_d", "step", "history", "rng")
+                   if k not in ckpt]
+        if lacking:
+            raise ValueError(f"{path} is an incomplete micro StyleGAN trainer checkpoint (no {', '.join(lacking)})")
+        saved, now = ckpt["config"], self.config
         checkpoints.check_provenance(_flat(saved, ("generator", "discriminator")),
                                      _flat(now, ("generator", "discriminator")), f"checkpoint {path}")
         for key, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
