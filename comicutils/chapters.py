@@ -272,7 +272,7 @@ def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_ste
     config = cd.TrainConfig(rank=rank, lora_alpha=rank, lr=lr, max_steps=steps, epochs=10**6, seed=seed)
     result = cd.train_lora(model, train_set, config)
     model.info = {"size": [size, size], "rank": rank, "path": components.path, "step": result.steps,
-                  "timestep": model.timestep}
+                  "timestep": model.timestep, "provenance": cd.base_provenance(components)}
     model.eval()
     print(f"quick ComicDiff trained here: {components.path} path, rank {rank}, {result.steps} LoRA steps"
           + (f" after {pre_steps} denoiser steps" if components.path == "offline" else ""))

@@ -90,7 +90,7 @@ def check_provenance(saved: Mapping, current: Mapping, what: str, *, keys=None) 
              if k in saved and saved[k] != current.get(k)]
     if diffs:
         raise ProvenanceMismatch(f"{what} was made with different settings ({'; '.join(diffs)}); "
-                                 "use the matching settings, or start a new run (another --out, or no resume)")
+                                 "use the matching ones, or start a new run in another folder")
 
 
 def trainer_state(trainer, fmt: str, **extra: Any) -> dict:
@@ -121,9 +121,9 @@ def load_file(path: str | os.PathLike, map_location="cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickler errors all mean the same thing here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
         raise ValueError(f"{path} is not a readable course checkpoint (truncated, corrupt or another "
-                         f"program's file: {first[:120]})") from err
+                         f"program's file; {type(err).__name__}{': ' + first if first else ''})") from err
 
 
 def restore_trainer(trainer, path: str | os.PathLike, fmt: str) -> dict:
@@ -140,7 +140,7 @@ def restore_trainer(trainer, path: str | os.PathLike, fmt: str) -> dict:
         theirs = dict(ckpt["config"].get(part, {}))
         if theirs != trainer.config[part]:
             raise ValueError(f"{path} was trained with {part} {theirs}, this trainer has "
-                             f"{trainer.config[part]}; use another checkpoint file or resume=False")
+                             f"{trainer.config[part]}; use another checkpoint file or start afresh (resume=False, --no-resume)")
     trainer.generator.load_state_dict(ckpt["generator"])
     trainer.discriminator.load_state_dict(ckpt["discriminator"])
     trainer.opt_g.load_state_dict(ckpt["opt_g"])

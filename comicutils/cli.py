@@ -27,6 +27,115 @@ from typing import Callable
 Handler = Callable[[argparse.Namespace], int]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: ``PROG: error: WHAT (see PROG --help)``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------- argument checks
+# Bad values are usage errors (exit 2, argparse's one-line message) caught at parse time.
+def int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def finite_float(low: float | None = None, *, strict: bool = False) -> Callable[[str], float]:
+    """A finite number (no nan/inf), optionally >= ``low`` (> with ``strict``)."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if low is not None and (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {value:g}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return text
+
+
+def device_name(text: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine (use cpu)")
+    return text
+
+
+def check_range(parser: argparse.ArgumentParser, flag: str, value, low) -> None:
+    if value is None or value < low:
+        parser.error(f"{flag} must be at least {low}; got {value}")
+
+
+def check_finite_args(parser: argparse.ArgumentParser, args: argparse.Namespace, names) -> None:
+    import math
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number; got {value}")
+
+
+def writable_dir(parser: argparse.ArgumentParser, flag: str, path) -> None:
+    """Create ``path`` if needed and check a file can be written there (usage error otherwise)."""
+    import tempfile
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        parser.error(f"{flag} {path}: cannot write there ({err.strerror or err})")
+
+
+def unique_output_names(photos: list[str], method: str) -> dict[str, str]:
+    """``PHOTO -> output file name``: ``<stem>_<method>.png``, or ``<stem>-<ext>_<method>.png`` for
+    inputs whose stems collide (``a.jpg`` and ``a.png``), so no output overwrites another."""
+    from collections import Counter
+    from pathlib import Path
+
+    stems = Counter(Path(p).stem for p in dict.fromkeys(photos))
+    names = {}
+    for p in dict.fromkeys(photos):
+        path = Path(p)
+        stem = path.stem if stems[path.stem] == 1 else f"{path.stem}-{path.suffix.lstrip('.') or 'noext'}"
+        names[p] = f"{stem}_{method}.png"
+    if len(set(names.values())) != len(names):        # e.g. dir1/a.jpg and dir2/a.jpg
+        names = {p: f"{i:03d}-{n}" for i, (p, n) in enumerate(names.items())}
+    return names
+
+
 def _info(sub: argparse.ArgumentParser) -> Handler:
     def run(args):
         from . import assets
@@ -116,10 +225,11 @@ def _assets(sub: argparse.ArgumentParser) -> Handler:
                     f"  [{r.detail}]" if r.detail else "")
                 print(f"{r.status:<9}{r.name:<30} {r.path}{detail}")
             ok = sum(r.status == "ok" for r in results)
+            unpinned = sum(r.status == "unpinned" for r in results)
             bad = [r for r in results if r.failed]
             absent = sum(r.status == "absent" for r in results)
-            print(f"\n{ok} verified, {absent} not present (downloaded only in full mode), "
-                  f"{len(bad)} failed.")
+            print(f"\n{ok} verified, {unpinned} unpinned (no published checksum; the first fetch pins them "
+                  f"after a format check), {absent} not present (downloaded only in full mode), {len(bad)} failed.")
             return 1 if bad else 0
         return 2  # pragma: no cover - argparse enforces the choices
 
@@ -129,11 +239,15 @@ def _assets(sub: argparse.ArgumentParser) -> Handler:
 def _course(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--only", nargs="*", metavar="NN", help="notebook prefixes, e.g. 00 02")
     sub.add_argument("--out", help="folder for the executed notebooks (default build/notebooks)")
-    sub.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    sub.add_argument("--timeout", type=int_at_least(1), default=3600, help="seconds per cell")
 
     def run(args):
-        from .course import run_course
+        from .course import notebook_paths, run_course
 
+        try:
+            notebook_paths(None, args.only)
+        except FileNotFoundError as err:
+            sub.error(str(err))
         run_course(args.only, out_dir=args.out, timeout=args.timeout)
         return 0
 
@@ -145,16 +259,16 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
     # Later chapters add their method here; the photo is (1, 3, size, size) in [0, 1].
     def nst_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method nst (Gatys neural style transfer, chapter 01)")
-        g.add_argument("--style", metavar="STYLE_IMAGE", help="the style image (required)")
-        g.add_argument("--steps", type=int, help="optimisation steps (default by mode: "
+        g.add_argument("--style", metavar="STYLE_IMAGE", type=existing_file, help="the style image (required)")
+        g.add_argument("--steps", type=int_at_least(1), help="optimisation steps (default by mode: "
                        "smoke 10, auto 300, full 500)")
-        g.add_argument("--style-weight", type=float, help="style weight beta (default per "
+        g.add_argument("--style-weight", type=finite_float(0), help="style weight λ_s (default per "
                        "backbone, see comicutils.nst.DEFAULT_STYLE_WEIGHT)")
-        g.add_argument("--content-weight", type=float, default=1.0)
+        g.add_argument("--content-weight", type=finite_float(0), default=1.0)
         g.add_argument("--backbone", default="vgg16", help="vgg16 (default), vgg19, taef2, "
                        "vgg16-random, vgg19-random; VGG falls back to taef2 offline (auto mode)")
         g.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam")
-        g.add_argument("--lr", type=float, help="learning rate (adam 0.02, lbfgs 1.0)")
+        g.add_argument("--lr", type=finite_float(0, strict=True), help="learning rate (adam 0.02, lbfgs 1.0)")
         g.add_argument("--seed", type=int, default=0)
 
     def nst_run(photo, args):
@@ -162,9 +276,7 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         from .images import load_tensor
         from .runtime import by_mode
 
-        if not args.style:
-            sub.error("--method nst needs --style STYLE_IMAGE")
-        if not hasattr(args, "_style_tensor"):
+        if args._style_tensor.shape[-1] != args.size:
             args._style_tensor = load_tensor(args.style, args.size)
         steps = args.steps if args.steps is not None else by_mode(smoke=10, auto=300, full=500)
         result = nst.stylize(photo, args._style_tensor, backbone=args.backbone, steps=steps,
@@ -174,9 +286,9 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
 
     def pix2pix_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method pix2pix (trained generator, chapters 02-03)")
-        g.add_argument("--checkpoint", metavar="CKPT", help="generator or trainer checkpoint "
+        g.add_argument("--checkpoint", metavar="CKPT", type=existing_file, help="generator or trainer checkpoint "
                        "from train-pix2pix / Pix2PixTrainer (required); sets the default --size")
-        g.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+        g.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: the best available)")
 
     def pix2pix_generator(args):
         from .pix2pix import load_generator
@@ -198,14 +310,12 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
 
     def comicdiff_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method comicdiff (single-step LoRA U-Net, chapters 04-05)")
-        g.add_argument("--adapter", metavar="DIR", help="adapter folder written by train_lora "
+        g.add_argument("--adapter", metavar="DIR", type=existing_dir, help="adapter folder written by train_lora "
                        "(e.g. data/runs/04/lora-r8/adapter; required)")
-        g.add_argument("--alpha", type=float, default=1.0, help="residual blend: 0 = VAE "
+        g.add_argument("--alpha", type=finite_float(), default=1.0, help="residual blend: 0 = VAE "
                        "reconstruction, 1 = as trained")
-        g.add_argument("--denoiser", metavar="DIR", help="offline path's pre-trained U-Net "
+        g.add_argument("--denoiser", metavar="DIR", type=existing_dir, help="offline path's pre-trained U-Net "
                        "(default: the denoiser/ folder next to the run)")
-        g.add_argument("--align-face", action="store_true", help="detect and align the face "
-                       "(dlib 5 landmarks) before translating, as the training pairs are framed")
 
     def comicdiff_model(args):
         from .comicdiff import load_translator
@@ -220,16 +330,7 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         return args._comicdiff
 
     def comicdiff_run(photo, args):
-        from .comicdiff import translate_faces
-        from .faces import NoFaceFound
-
-        model = comicdiff_model(args)
-        if args.align_face:
-            try:
-                return translate_faces(model, photo, size=args.size, alpha=args.alpha)[1]
-            except NoFaceFound as err:
-                sub.error(f"--align-face: {err}")
-        return model.translate(photo, args.alpha)
+        return comicdiff_model(args).translate(photo, args.alpha)
 
     methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments,
                        nst_run),
@@ -246,29 +347,46 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--method", default="nst", choices=sorted(methods),
                      help="; ".join(f"{k}: {v[0]}" for k, v in methods.items()))
     sub.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<stem>_<method>.png")
-    sub.add_argument("--size", type=int, default=None, help="square side in px (resize + crop); "
+    sub.add_argument("--size", type=int_at_least(32), default=None, help="square side in px (resize + crop); "
                      "default 256; pix2pix, comicdiff: the training size")
+    sub.add_argument("--align-face", action="store_true", help="find the face on the full-resolution photo "
+                     "and align it (dlib 5 landmarks, FFHQ-like framing, as the training pairs are framed) "
+                     "instead of resizing and centre-cropping")
     for _, add_arguments, _ in methods.values():
         add_arguments(sub)
 
     def run(args):
         from pathlib import Path
 
+        from .faces import NoFaceFound, align_face
         from .images import ImageError, load_tensor, save_image
 
         method = methods[args.method][2]
+        if args.method == "nst" and not args.style:
+            sub.error("--method nst needs --style STYLE_IMAGE")
+        if args.method == "nst" and not hasattr(args, "_style_tensor"):
+            args._style_tensor = load_tensor(args.style, args.size or 256)   # a broken style image: one line, exit 1
         if args.size is None:
             args.size = default_sizes.get(args.method, lambda a: 256)(args)
+        writable_dir(sub, "--out", args.out)
         out_dir = Path(args.out)
-        for photo_path in args.photos:
+        names = unique_output_names(args.photos, args.method)
+        failed = []
+        for photo_path, name in names.items():
             try:
-                photo = load_tensor(photo_path, args.size)
-            except ImageError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            image = method(photo, args)
-            path = save_image(image, out_dir / f"{Path(photo_path).stem}_{args.method}.png")
+                photo = (align_face(photo_path, size=args.size) if args.align_face
+                         else load_tensor(photo_path, args.size))
+                image = method(photo, args)
+            except (ImageError, NoFaceFound) as err:     # this photo only: go on with the others
+                failed.append(photo_path)
+                text = " ".join(str(err).split())
+                print(f"error: {text if photo_path in text else f'{photo_path}: {text}'}", file=sys.stderr)
+                continue
+            path = save_image(image, out_dir / name)
             print(path, flush=True)
+        if failed:
+            print(f"error: {len(failed)} of {len(names)} photo(s) failed: {', '.join(failed)}", file=sys.stderr)
+            return 1
         return 0
 
     return run
@@ -293,24 +411,26 @@ def _bench(sub: argparse.ArgumentParser) -> Handler:
 
 def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--generator", choices=("unet", "ures9", "ures50"), default="unet")
-    sub.add_argument("--size", type=int, default=256, help="square side in px")
-    sub.add_argument("--ngf", type=int, help="generator width (unet/ures9; default 64)")
-    sub.add_argument("--epochs", type=int, default=20, help="epochs in total (seed 003: 20)")
-    sub.add_argument("--steps", type=int, help="stop after this many steps in total")
-    sub.add_argument("--batch-size", type=int, default=1, help="seed 003: 1")
+    sub.add_argument("--size", type=int_at_least(32), default=256, help="square side in px")
+    sub.add_argument("--ngf", type=int_at_least(1), help="generator width (unet/ures9; default 64)")
+    sub.add_argument("--epochs", type=int_at_least(1), default=20, help="epochs in total (Roberto's report: 20)")
+    sub.add_argument("--steps", type=int_at_least(1), help="stop after this many steps in total")
+    sub.add_argument("--batch-size", type=int_at_least(1), default=1, help="Roberto's report: 1")
     sub.add_argument("--perceptual", choices=("mse", "mae", "none"), default="none",
                      help="VGG-16 perceptual loss criterion (taef2 features offline)")
     sub.add_argument("--backbone", default="vgg16", help="perceptual network (vgg16, taef2, ...)")
-    sub.add_argument("--lambda-l1", type=float, default=100.0)
-    sub.add_argument("--alpha", type=float, default=0.001, help="perceptual weight")
-    sub.add_argument("--lr", type=float, default=2e-4)
+    sub.add_argument("--lambda-l1", type=finite_float(0), default=100.0)
+    sub.add_argument("--alpha", type=finite_float(0), default=0.001, help="perceptual weight")
+    sub.add_argument("--lr", type=finite_float(0, strict=True), default=2e-4)
     sub.add_argument("--gan-mode", choices=("vanilla", "lsgan"), default="vanilla")
     sub.add_argument("--data", nargs="+", default=["v2"], metavar="SRC",
                      help="v2 or v1 (face2comics preview, train split) or PHOTO_DIR COMIC_DIR "
                           "(paired by basename, same seeded split)")
     sub.add_argument("--no-augment", action="store_true", help="no JointAugment")
     sub.add_argument("--no-resume", action="store_true", help="ignore an existing --out file")
-    sub.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+    sub.add_argument("--skip-bad", action="store_true", help="with PHOTO_DIR COMIC_DIR: train without the "
+                     "unreadable or unpaired files (listed) instead of refusing to start")
+    sub.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: the best available)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--out", required=True, metavar="CKPT", help="trainer checkpoint file "
                      "(also what stylize --checkpoint takes)")
@@ -325,7 +445,11 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
             train, test = data.train_test_pairs(data.face2comics_pairs(args.data[0], args.size))
             dataset = data.PairDataset(train, augment=augment, seed=args.seed)
         elif len(args.data) == 2:
+            for d in args.data:
+                if not os.path.isdir(d):
+                    sub.error(f"--data: no such folder: {d}")
             folder = data.PairedFolder(*args.data, size=args.size, augment=augment)
+            folder.check(skip_bad=args.skip_bad)        # every image opened before the first step
             train_keys, test_keys = data.split_keys(folder.keys)
             dataset = folder.subset(train_keys)
             test = data.PairedFolder(*args.data, size=args.size, keys=test_keys).to_pairset()
@@ -360,13 +484,14 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
 def _evaluate(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--methods", nargs="+", default=["identity", "cartoon"],
                      help="stylizers to compare (identity, cartoon, nst, pix2pix, comicdiff, animegan)")
-    sub.add_argument("--size", type=int, default=128, help="evaluation size in px")
-    sub.add_argument("--limit", type=int, default=None, help="use only the first N held-out pairs")
-    sub.add_argument("--checkpoint", help="pix2pix generator checkpoint (for --methods pix2pix)")
-    sub.add_argument("--style", help="style image for nst (default: a training-split comic)")
-    sub.add_argument("--nst-steps", type=int, default=100)
-    sub.add_argument("--adapter", help="ComicDiff adapter folder (for --methods comicdiff)")
-    sub.add_argument("--alpha", type=float, default=1.0, help="ComicDiff residual blend")
+    sub.add_argument("--size", type=int, default=128, help="evaluation size in px (at least the largest "
+                     "minimum of the metrics, see comicutils.evaluation.MIN_SIZE)")
+    sub.add_argument("--limit", type=int_at_least(1), default=None, help="use only the first N held-out pairs")
+    sub.add_argument("--checkpoint", type=existing_file, help="pix2pix generator checkpoint (for --methods pix2pix)")
+    sub.add_argument("--style", type=existing_file, help="style image for nst (default: a training-split comic)")
+    sub.add_argument("--nst-steps", type=int_at_least(1), default=100)
+    sub.add_argument("--adapter", type=existing_dir, help="ComicDiff adapter folder (for --methods comicdiff)")
+    sub.add_argument("--alpha", type=finite_float(), default=1.0, help="ComicDiff residual blend")
     sub.add_argument("--json", help="write the table to this JSON file")
 
     def run(args):
@@ -376,6 +501,12 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
         from .images import load_tensor
         from .runtime import atomic_path
 
+        low = evaluation.min_size()
+        if args.size < low:
+            sub.error(f"--size must be at least {low} px ({evaluation.min_size_reason()}); got {args.size}")
+        unknown = [m for m in args.methods if m not in stylizers.available()]
+        if unknown:
+            sub.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(stylizers.available())}")
         pairs = data.face2comics_pairs("v2", size=args.size)
         train, test = data.train_test_pairs(pairs)
         if args.limit:
@@ -396,6 +527,9 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
             except (ValueError, FileNotFoundError) as err:
                 print(f"evaluate: {err}", file=sys.stderr)
                 return 2
+        if not methods:
+            print("error: no method could run (all were skipped; see above)", file=sys.stderr)
+            return 1
         table = evaluation.evaluate(methods, test.photos, test.comics)
         print(f"face2comics v2 held-out pairs: {len(test)} at {args.size} px")
         print(table.drop(columns=["weights"]).to_string(index=False, float_format="%.4g"))
@@ -424,8 +558,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = 
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    parser = argparse.ArgumentParser(prog="python -m comicutils",
-                                     description="Photo -> Comic course helpers.")
+    parser = Parser(prog="python -m comicutils", description="Photo -> Comic course helpers.")
     parser.add_argument("--debug", action="store_true",
                         help="show the full Python traceback when a command fails (also COMICUTILS_DEBUG=1)")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -438,17 +571,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 DEBUG_ENV = "COMICUTILS_DEBUG"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command. Exit codes: 0 done, 1 the command failed (one line on stderr saying why),
-    2 bad usage (argparse's message), 130 interrupted. ``--debug`` or ``COMICUTILS_DEBUG=1``
-    shows the full traceback instead of the one line."""
-    parser, handlers = build_parser()
-    args = parser.parse_args(argv)
-    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+def _debug_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def run_with_error_boundary(fn: Callable[[], int], debug: bool = False) -> int:
+    """Run ``fn``; any failure becomes one ``error:`` line on stderr and exit code 1 (130 for
+    Ctrl-C), unless ``debug`` or ``COMICUTILS_DEBUG=1`` asks for the traceback."""
+    debug = _debug_requested(debug)
     try:
-        return handlers[args.command](args)
+        return fn()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (nothing half-written is left; a training run resumes from its last checkpoint)",
+              file=sys.stderr)
         return 130
     except Exception as err:  # the error boundary: package errors become one line
         if debug:
@@ -456,3 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         text = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {text} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 the command failed (one line on stderr saying why),
+    2 bad usage (argparse's message), 130 interrupted. ``--debug`` or ``COMICUTILS_DEBUG=1``
+    shows the full traceback instead of the one line."""
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    return run_with_error_boundary(lambda: handlers[args.command](args), args.debug)

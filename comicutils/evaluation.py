@@ -33,6 +33,17 @@ COLUMNS = ("method", "mode", "weights", "parameters", "seconds_per_image", *EVAL
            *STYLE_METRICS)
 
 
+def min_size(metric_names: Sequence[str] = EVAL_METRICS) -> int:
+    """The smallest image side at which every metric in ``metric_names`` means something
+    (:data:`comicutils.metrics.MIN_SIZE`; SSIM's window, LPIPS's deepest layer, face detection)."""
+    return max(metrics.MIN_SIZE.get(m, 1) for m in metric_names)
+
+
+def min_size_reason(metric_names: Sequence[str] = EVAL_METRICS) -> str:
+    worst = max(metric_names, key=lambda m: metrics.MIN_SIZE.get(m, 1))
+    return f"{worst} needs at least {metrics.MIN_SIZE.get(worst, 1)} px"
+
+
 def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Tensor,
              comics: torch.Tensor, *, metric_names: Sequence[str] = EVAL_METRICS,
              set_metrics: Sequence[str] = SET_METRICS, style_metrics: Sequence[str] = STYLE_METRICS,

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import assets
-from .checkpoints import restore_trainer, save_state, trainer_state
+from .checkpoints import load_file, remove_stale_temps, restore_trainer, save_state, trainer_state
 from .images import check_image_tensor
 from .runtime import get_device, progress
 
@@ -606,7 +606,7 @@ def load_generator(path: str | os.PathLike, name: str | None = None, size: int |
     U-Res50 is rebuilt without fetching ImageNet weights (the file holds them). Returns the
     generator in eval mode on ``device``.
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_file(path)
     if isinstance(ckpt, Mapping) and "generator" in ckpt:
         state = ckpt["generator"]
         config = dict(ckpt.get("config", {}).get("generator", {}))
@@ -625,7 +625,12 @@ def load_generator(path: str | os.PathLike, name: str | None = None, size: int |
         kwargs["pretrained"] = False
     generator = build_generator(config["name"], config["size"], **kwargs)
     generator.config.update(config)
-    generator.load_state_dict(state, strict=True)
+    try:
+        generator.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:160]
+        raise ValueError(f"{path}: its weights do not fit a {config['name']} generator at {config['size']} px "
+                         f"({first})") from err
     return generator.to(device).eval()
 
 
@@ -758,6 +763,8 @@ class Pix2PixTrainer:
             raise ValueError("give epochs=, steps= or both")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if checkpoint is not None:
+            remove_stale_temps(checkpoint)            # what a killed save left behind
         if checkpoint is not None and resume and Path(checkpoint).is_file():
             self.load_checkpoint(checkpoint)
         n = len(dataset)

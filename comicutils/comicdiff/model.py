@@ -243,8 +243,18 @@ def load_translator(adapter_dir, *, denoiser=None, merge: bool = False, alpha: f
         components = offline_components(denoiser=denoiser, announce=False)
     else:
         components = load_components("sd21", device=device)
+    saved = info.get("provenance")
+    if saved:                                          # refuse another denoiser or base model
+        from ..checkpoints import check_provenance
+        from .components import base_provenance
+
+        check_provenance(saved, base_provenance(components), f"adapter {adapter_dir}", keys=("path", "base"))
     model = ComicDiff(components, timestep=int(info.get("timestep", DEFAULT_TIMESTEP)), alpha=alpha)
-    model.load_adapter(adapter_dir)
+    try:
+        model.load_adapter(adapter_dir)
+    except (RuntimeError, ValueError, KeyError, OSError) as err:    # corrupt or foreign weights file
+        first = " ".join(str(err).split())[:160]
+        raise ValueError(f"adapter {adapter_dir} cannot be loaded into this U-Net ({first})") from err
     model.info = info
     if merge:
         lora.merge(model.unet)

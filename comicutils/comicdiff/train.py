@@ -6,10 +6,13 @@ The same :func:`train_lora` runs in a notebook on one CPU and on several GPUs::
 
 Seed 000's settings are the defaults of :class:`TrainConfig` (AdamW, lr 1e-5, batch 4, 5 epochs,
 loss MSE + 0.8 · LPIPS-VGG, t = 1, AMP on GPU); the notebook says what it changed for CPU.
-Checkpoints hold the adapter only (diffusers LoRA format, safetensors) plus a
-``training_state.pt`` (optimizer state, step, history; tensors only, loaded with
-``weights_only=True``), written atomically; ``resume=True`` continues from the latest one.
-A non-finite loss stops training with :class:`NonFiniteLoss` before anything is written.
+A checkpoint is one folder written as a unit (``checkpoint-latest``; the one it replaces is kept
+as ``checkpoint-latest.previous``): Accelerate's ``save_state`` (optimizer, random states) with a
+hook that writes the LoRA tensors and a usable ``adapter/`` instead of the frozen U-Net, the step
+count and history, and ``provenance.json`` (base model or denoiser sha256, rank, size). A kill at
+any moment leaves a complete checkpoint; ``resume=True`` continues from the newest complete one and
+refuses one made with another base, rank or size. A non-finite loss stops training with
+:class:`NonFiniteLoss` before anything is written.
 """
 from __future__ import annotations
 
@@ -23,17 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..runtime import atomic_path, progress, seed_everything
+from ..checkpoints import NonFiniteState
+from ..runtime import progress, seed_everything
 from . import lora
 from .model import ComicDiff, ComicDiffLoss, perceptual_loss
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "LatentPairs", "encode_pairs", "encode_images",
            "pretrain_denoiser", "predict_clean", "alpha_sweep", "add_noise", "denoising_error", "train_lora", "evaluate_translation", "main"]
 
-STATE_NAME = "training_state.pt"
+CHECKPOINT_NAME = "checkpoint-latest"
+STATE_JSON = "training_state.json"
+LORA_STATE_NAME = "lora_state.safetensors"
+PROVENANCE_NAME = "provenance.json"
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(NonFiniteState):
     """The loss became NaN or infinite; training stopped and no checkpoint was written."""
 
 
@@ -248,53 +255,99 @@ class TrainResult:
         return pd.DataFrame(self.history)
 
 
-def _lora_state(model: ComicDiff) -> dict[str, torch.Tensor]:
-    return {n: p.detach().float().cpu().clone() for n, p in model.unet.named_parameters() if "lora_" in n}
+def _lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().contiguous().clone() for n, p in unet.named_parameters() if "lora_" in n}
 
 
-def _write_checkpoint(model, out_dir: Path, config: TrainConfig, optimizer, step: int, epoch: int,
-                      history: list[dict], name: str, accelerator=None) -> Path:
-    target = out_dir / name
-    if accelerator is not None:                  # several processes: only the main one writes,
-        accelerator.wait_for_everyone()          # from the unwrapped (non-DDP) U-Net
-        if not accelerator.is_main_process:
-            return target
-        wrapped = model.unet
-        model.unet = accelerator.unwrap_model(wrapped)
+def provenance(model: ComicDiff, config: TrainConfig, size) -> dict:
+    """What a checkpoint or adapter depends on; resuming or loading with anything else is refused."""
+    from .components import base_provenance
+
+    unet = model.unet.module if hasattr(model.unet, "module") else model.unet
+    return {**base_provenance(model.components, unet), "rank": config.rank,
+            "lora_alpha": config.lora_alpha if config.lora_alpha is not None else config.rank,
+            "feed_forward": config.feed_forward, "size": list(size) if size is not None else None,
+            "timestep": model.timestep}
+
+
+# the keys that must agree to resume a run (lr, steps etc. may change between calls)
+RESUME_KEYS = ("path", "base", "rank", "lora_alpha", "feed_forward", "size", "timestep")
+
+
+def _write_checkpoint(model, out_dir: Path, config: TrainConfig, step: int, epoch: int, history: list[dict],
+                      prov: dict, accelerator) -> Path | None:
+    """One checkpoint folder, written as a unit (:func:`comicutils.checkpoints.write_checkpoint_dir`):
+    Accelerate's ``save_state`` (optimizer, random states; the U-Net itself is *not* written: a hook
+    writes only the LoRA tensors and the usable ``adapter/``), ``training_state.json`` (step, epoch,
+    history) and ``provenance.json``. Only the main process writes."""
+    import json
+
+    from ..checkpoints import write_checkpoint_dir
+
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    unet = accelerator.unwrap_model(model.unet)
+    info = {"step": step, "epoch": epoch, "config": config.to_dict(), "path": model.path,
+            "timestep": model.timestep, "provenance": prov}
+
+    def save_hook(models, weights, output_dir):        # LoRA only, never the frozen U-Net
+        from safetensors.torch import save_file
+
+        for _ in range(len(weights)):
+            weights.pop()
+        save_file(_lora_state(unet), str(Path(output_dir) / LORA_STATE_NAME))
+        lora.save_adapter(unet, Path(output_dir) / "adapter", info)
+
+    def fill(tmp: Path) -> None:
+        handle = accelerator.register_save_state_pre_hook(save_hook)
         try:
-            return _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, name)
+            accelerator.save_state(str(tmp))
         finally:
-            model.unet = wrapped
-    model.save_adapter(target, {"step": step, "epoch": epoch, "config": config.to_dict(),
-                                "path": model.path, "timestep": model.timestep}, overwrite=True)
-    state = {"step": torch.tensor(step), "epoch": torch.tensor(epoch), "lora": _lora_state(model),
-             "optimizer": optimizer.state_dict(),
-             "history": {k: torch.tensor([row[k] for row in history], dtype=torch.float64)
-                         for k in (history[0] if history else {})}}
-    with atomic_path(target / STATE_NAME) as tmp:
-        torch.save(state, tmp)
-    return target
+            handle.remove()
+        (tmp / STATE_JSON).write_text(json.dumps({"step": step, "epoch": epoch, "history": history}))
+        (tmp / PROVENANCE_NAME).write_text(json.dumps(prov, indent=1))
+
+    return write_checkpoint_dir(out_dir, CHECKPOINT_NAME, fill, info={"step": step})
 
 
-def _resume(model, out_dir: Path, optimizer) -> tuple[int, int, list[dict]]:
-    path = out_dir / "checkpoint-latest" / STATE_NAME
-    if not path.is_file():
+def _resume(model, out_dir: Path, accelerator, prov: dict) -> tuple[int, int, list[dict]]:
+    """Continue from the newest complete checkpoint (``checkpoint-latest``, else the previous one,
+    said on screen); its provenance must match this run's (``RESUME_KEYS``)."""
+    import json
+
+    from ..checkpoints import check_provenance, latest_checkpoint_dir
+
+    found = latest_checkpoint_dir(out_dir, CHECKPOINT_NAME)
+    if found is None:
+        if (out_dir / CHECKPOINT_NAME / "training_state.pt").is_file():
+            print(f"{out_dir / CHECKPOINT_NAME} is in an older format without provenance; starting from step 0")
         return 0, 0, []
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    params = dict(model.unet.named_parameters())
-    missing = set(state["lora"]) ^ {n for n in params if "lora_" in n}
-    if missing:
-        raise ValueError(f"checkpoint {path} does not match this adapter (rank/targets differ): "
-                         f"{sorted(missing)[:3]} ...")
-    with torch.no_grad():
-        for n, v in state["lora"].items():
-            params[n].copy_(v.to(params[n]))
-    optimizer.load_state_dict(state["optimizer"])
-    hist = state["history"]
-    keys = list(hist)
-    rows = [{k: (int(hist[k][i]) if k in ("step", "epoch") else float(hist[k][i])) for k in keys}
-            for i in range(len(hist[keys[0]]))] if keys else []
-    return int(state["step"]), int(state["epoch"]), rows
+    folder, _ = found
+    saved = json.loads((folder / PROVENANCE_NAME).read_text())
+    check_provenance(saved, prov, f"checkpoint {folder}", keys=RESUME_KEYS)
+    state = json.loads((folder / STATE_JSON).read_text())
+    params = dict(accelerator.unwrap_model(model.unet).named_parameters())
+
+    def load_hook(models, input_dir):                  # LoRA only; the frozen U-Net is not in the checkpoint
+        from safetensors.torch import load_file
+
+        lora_state = load_file(str(Path(input_dir) / LORA_STATE_NAME))
+        mine = {n for n in params if "lora_" in n}
+        if set(lora_state) != mine:
+            raise ValueError(f"checkpoint {folder} does not match this adapter (rank or target layers differ)")
+        with torch.no_grad():
+            for n, v in lora_state.items():
+                params[n].copy_(v.to(params[n]))
+        models.clear()
+
+    handle = accelerator.register_load_state_pre_hook(load_hook)
+    try:
+        accelerator.load_state(str(folder))
+    finally:
+        handle.remove()
+    print(f"resuming from {folder} at step {state['step']}")
+    return int(state["step"]), int(state["epoch"]), [dict(r) for r in state["history"]]
 
 
 def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = None, *,
@@ -329,14 +382,16 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     if not params or any(not p.requires_grad for p in params):
         raise RuntimeError("LoRA parameters are missing or frozen; nothing would train")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False,
-                        generator=torch.Generator().manual_seed(config.seed))
+    order = torch.Generator().manual_seed(config.seed)     # reseeded each epoch: resume sees the same order
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, generator=order)
     unet, optimizer, loader = accelerator.prepare(model.unet, optimizer, loader)
     model.unet = unet
     out_dir = Path(out_dir) if out_dir is not None else None
+    size = list(dataset[0]["comic"].shape[-2:]) if len(dataset) else None
+    prov = provenance(model, config, size)
     step, epoch0, history = (0, 0, [])
     if out_dir is not None and resume:
-        step, epoch0, history = _resume(model, out_dir, optimizer)
+        step, epoch0, history = _resume(model, out_dir, accelerator, prov)
     steps_per_epoch = len(loader)
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
@@ -345,10 +400,16 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     model.train()
     model.codec.eval()
     bar = _bar(None, show_progress, total=total, initial=step, desc=f"LoRA r={config.rank}")
-    epoch = epoch0
+    epoch = epoch0                                  # complete epochs so far
     while step < total:
-        for batch in loader:
+        order.manual_seed(config.seed + epoch)
+        done_here = min(max(step - epoch * steps_per_epoch, 0), steps_per_epoch)   # resumed mid-epoch
+        finished = True
+        for i, batch in enumerate(loader):
+            if i < done_here:
+                continue
             if step >= total:
+                finished = False
                 break
             t0 = time.perf_counter()
             y = batch["comic"].to(device)
@@ -370,20 +431,20 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
             if out_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest",
-                                  accelerator)
-        epoch += 1
+                _write_checkpoint(model, out_dir, config, step, epoch, history, prov, accelerator)
+        if finished:
+            epoch += 1
     bar.close()
+    if out_dir is not None:
+        _write_checkpoint(model, out_dir, config, step, epoch, history, prov, accelerator)
     model.unet = accelerator.unwrap_model(model.unet)
     model.eval()
     result.history, result.steps, result.seconds = history, step, time.perf_counter() - start
     if out_dir is not None and accelerator.is_main_process:
-        _write_checkpoint(model, out_dir, config, optimizer, step, epoch, history, "checkpoint-latest")
-        size = list(dataset[0]["comic"].shape[-2:]) if len(dataset) else None
         result.adapter_dir = model.save_adapter(
             out_dir / "adapter", {"step": step, "config": config.to_dict(), "path": model.path,
                                   "timestep": model.timestep, "perceptual": loss_fn.name,
-                                  "size": size}, overwrite=True)
+                                  "size": size, "provenance": prov}, overwrite=True)
     return result
 
 
@@ -409,8 +470,14 @@ def evaluate_translation(model: ComicDiff, photos: torch.Tensor, comics: torch.T
 
 
 # --------------------------------------------------------------------------- CLI
+NEEDS_DENOISER = ("the offline path needs a pre-trained denoiser: --denoiser DIR (notebook 04 writes "
+                  "data/runs/04/denoiser), or --random-unet to train LoRA on a random U-Net on purpose")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="comicutils.comicdiff.train",
+    from ..cli import Parser
+
+    p = Parser(prog="comicutils.comicdiff.train",
                                 description="LoRA fine-tuning of ComicDiff on paired photo/comic folders "
                                             "(run with `accelerate launch -m comicutils.comicdiff.train`).")
     p.add_argument("--data", required=True, help="folder with photos/ and comics/ (pairs matched by basename)")
@@ -419,6 +486,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", default=None, help="diffusers model id for --path sd21")
     p.add_argument("--denoiser", default=None, help="offline path: the pre-trained U-Net folder "
                                                     "(chapter 04 writes data/runs/04/denoiser)")
+    p.add_argument("--random-unet", action="store_true", help="offline path without --denoiser: train LoRA on a "
+                   "random (not pre-trained) U-Net, chapter 04's ablation")
+    p.add_argument("--skip-bad", action="store_true", help="train without the unreadable or unpaired files of "
+                   "--data (listed) instead of refusing to start")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (seed 000: 5 %%)")
     for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed"):
@@ -434,20 +505,49 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``accelerate launch -m comicutils.comicdiff.train ...``; errors are one line (exit 1), bad
+    arguments exit 2, ``COMICUTILS_DEBUG=1`` shows tracebacks."""
+    from ..cli import run_with_error_boundary
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return run_with_error_boundary(lambda: _train_main(args, parser), debug=False)
+
+
+def _train_main(args, parser) -> int:
     from .. import data as D
+    from ..cli import check_finite_args, check_range
     from .components import load_components
 
-    args = _parser().parse_args(argv)
+    check_range(parser, "--size", args.size, 8)
+    check_range(parser, "--rank", args.rank, 1)
+    check_range(parser, "--batch-size", args.batch_size, 1)
+    check_range(parser, "--epochs", args.epochs, 1)
+    if args.max_steps is not None:
+        check_range(parser, "--max-steps", args.max_steps, 1)
+    check_finite_args(parser, args, ("lr", "lpips_weight", "blend_alpha", "weight_decay", "test_fraction"))
+    if not 0 < args.lr:
+        parser.error(f"--lr must be > 0; got {args.lr}")
+    if not 0 <= args.test_fraction < 1:
+        parser.error(f"--test-fraction must be in [0, 1); got {args.test_fraction}")
+    if args.path == "offline" and not (args.denoiser or args.random_unet):
+        parser.error(NEEDS_DENOISER)
     root = Path(args.data)
     photo_dir, comic_dir = root / "photos", root / "comics"
     if not (photo_dir.is_dir() and comic_dir.is_dir()):
-        raise SystemExit(f"expected {photo_dir} and {comic_dir} (pairs matched by basename)")
+        parser.error(f"--data: expected {photo_dir} and {comic_dir} (pairs matched by basename)")
     folder = D.PairedFolder(photo_dir, comic_dir, size=args.size)
+    folder.check(skip_bad=args.skip_bad)                 # every image opened before the first step
     train_keys, test_keys = D.split_keys(folder.keys, args.test_fraction)
     kwargs = {"model_id": args.model_id} if args.model_id else {}
     if args.denoiser:
+        if not (Path(args.denoiser) / "config.json").is_file():
+            parser.error(f"--denoiser {args.denoiser}: no saved U-Net there (expected config.json + safetensors)")
         kwargs["denoiser"] = args.denoiser
-    model = ComicDiff(load_components(args.path, **kwargs))
+    components = load_components(args.path, **kwargs)
+    if components.path == "offline" and not (args.denoiser or args.random_unet):
+        parser.error(NEEDS_DENOISER)
+    model = ComicDiff(components)
     cfg = TrainConfig(rank=args.rank, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
                       lr=args.lr, lpips_weight=args.lpips_weight, blend_alpha=args.blend_alpha,
                       weight_decay=args.weight_decay, feed_forward=args.feed_forward,
@@ -458,9 +558,6 @@ def main(argv: list[str] | None = None) -> int:
           f"({len(test_keys)} held out); adapter: {result.adapter_dir}")
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
 
 
 def alpha_sweep(model: ComicDiff, photos: torch.Tensor, comics: torch.Tensor | None = None,
@@ -498,3 +595,7 @@ def alpha_sweep(model: ComicDiff, photos: torch.Tensor, comics: torch.Tensor | N
             row["faces found"] = int(ok.sum())
         rows.append(row)
     return rows, outs
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
