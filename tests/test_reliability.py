@@ -331,3 +331,19 @@ def test_training_refuses_a_broken_pairs_folder_unless_skip_bad(tmp_path):
               "--steps", "1", "--skip-bad", "--out", tmp_path / "ck.pt")
     assert ok.returncode == 0, ok.stderr
     assert "skipping 2 file(s)" in ok.stdout and "p3.png" in ok.stdout and (tmp_path / "ck.pt").is_file()
+
+
+def test_a_corrupt_denoiser_or_adapter_is_one_clear_error(tmp_path, mirror):
+    from test_comicdiff_inference import SMALL32
+
+    unet = cd.build_unet(SMALL32, seed=0)
+    cd.save_denoiser(unet, tmp_path / "denoiser")
+    res = _train_real(cd.ComicDiff(cd.offline_components(unet=unet, announce=False)), tmp_path / "run")
+    weights = res.adapter_dir / lora.WEIGHT_NAME
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        cd.load_translator(res.adapter_dir, denoiser=tmp_path / "denoiser")
+    (tmp_path / "denoiser" / "diffusion_pytorch_model.safetensors").write_bytes(b"junk")
+    out = _cli("stylize", _photo(tmp_path), "--method", "comicdiff", "--adapter", res.adapter_dir,
+               "--denoiser", tmp_path / "denoiser", "--out", tmp_path / "o")
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "denoiser" in out.stderr

@@ -210,9 +210,21 @@ def load_denoiser(directory) -> nn.Module:
     """A U-Net written by :func:`save_denoiser` (safetensors, no pickle), frozen, eval mode."""
     from diffusers import UNet2DConditionModel
 
-    if not (Path(directory) / "config.json").is_file():
+    from diffusers.utils import logging as dlogging
+
+    folder = Path(directory)
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"no saved U-Net in {directory} (expected config.json + safetensors)")
-    return UNet2DConditionModel.from_pretrained(str(directory), use_safetensors=True).eval().requires_grad_(False)
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()                   # our one-line error below instead of diffusers' log lines
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(folder), use_safetensors=True)
+    except Exception as err:                         # corrupt weights, a foreign config
+        first = " ".join(str(err).split())[:160]
+        raise ValueError(f"denoiser {directory} cannot be loaded (corrupt or not a saved U-Net: {first})") from err
+    finally:
+        dlogging.set_verbosity(level)
+    return unet.eval().requires_grad_(False)
 
 
 def offline_components(unet_config: dict | None = None, *, seed: int = 0, unet: nn.Module | None = None,

@@ -252,7 +252,7 @@ def load_translator(adapter_dir, *, denoiser=None, merge: bool = False, alpha: f
     model = ComicDiff(components, timestep=int(info.get("timestep", DEFAULT_TIMESTEP)), alpha=alpha)
     try:
         model.load_adapter(adapter_dir)
-    except (RuntimeError, ValueError, KeyError, OSError) as err:    # corrupt or foreign weights file
+    except Exception as err:                           # corrupt or foreign weights file (safetensors, peft, torch)
         first = " ".join(str(err).split())[:160]
         raise ValueError(f"adapter {adapter_dir} cannot be loaded into this U-Net ({first})") from err
     model.info = info
