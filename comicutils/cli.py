@@ -108,12 +108,21 @@ def check_finite_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 
 def writable_dir(parser: argparse.ArgumentParser, flag: str, path) -> None:
-    """Create ``path`` if needed and check a file can be written there (usage error otherwise)."""
+    """Check that ``path`` can be created or written into, without creating it (usage error
+    otherwise): an existing folder must accept a file, a new one needs a writable parent."""
     import tempfile
+    from pathlib import Path
 
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        parser.error(f"{flag} {path}: exists and is not a folder")
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        parser.error(f"{flag} {path}: {probe} is not a folder")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-check-"):
             pass
     except OSError as err:
         parser.error(f"{flag} {path}: cannot write there ({err.strerror or err})")
@@ -255,8 +264,8 @@ def _course(sub: argparse.ArgumentParser) -> Handler:
 
 
 def _stylize(sub: argparse.ArgumentParser) -> Handler:
-    # One entry per stylization method: name -> (help, add_arguments, run(photo, args) -> image).
-    # Later chapters add their method here; the photo is (1, 3, size, size) in [0, 1].
+    # The methods are comicutils.stylizers (the same objects evaluate and the notebooks use):
+    # name -> (help, add_arguments, options(args) -> keyword arguments of stylizers.build).
     def nst_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method nst (Gatys neural style transfer, chapter 01)")
         g.add_argument("--style", metavar="STYLE_IMAGE", type=existing_file, help="the style image (required)")
@@ -271,18 +280,17 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         g.add_argument("--lr", type=finite_float(0, strict=True), help="learning rate (adam 0.02, lbfgs 1.0)")
         g.add_argument("--seed", type=int, default=0)
 
-    def nst_run(photo, args):
-        from . import nst
+    def nst_options(args) -> dict:
         from .images import load_tensor
         from .runtime import by_mode
 
-        if args._style_tensor.shape[-1] != args.size:
-            args._style_tensor = load_tensor(args.style, args.size)
-        steps = args.steps if args.steps is not None else by_mode(smoke=10, auto=300, full=500)
-        result = nst.stylize(photo, args._style_tensor, backbone=args.backbone, steps=steps,
-                             style_weight=args.style_weight, content_weight=args.content_weight,
-                             optimizer=args.optimizer, lr=args.lr, seed=args.seed)
-        return result.image
+        if not args.style:
+            sub.error("--method nst needs --style STYLE_IMAGE")
+        size = args.size or 256
+        return {"style": load_tensor(args.style, size), "backbone": args.backbone, "size": size - size % 8,
+                "steps": args.steps if args.steps is not None else by_mode(smoke=10, auto=300, full=500),
+                "style_weight": args.style_weight, "content_weight": args.content_weight,
+                "optimizer": args.optimizer, "lr": args.lr, "seed": args.seed}
 
     def pix2pix_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method pix2pix (trained generator, chapters 02-03)")
@@ -290,23 +298,10 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
                        "from train-pix2pix / Pix2PixTrainer (required); sets the default --size")
         g.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: the best available)")
 
-    def pix2pix_generator(args):
-        from .pix2pix import load_generator
-        from .runtime import get_device
-
+    def pix2pix_options(args) -> dict:
         if not args.checkpoint:
             sub.error("--method pix2pix needs --checkpoint CKPT")
-        if not hasattr(args, "_generator"):
-            args._generator = load_generator(args.checkpoint, device=get_device(args.device))
-        return args._generator
-
-    def pix2pix_run(photo, args):
-        from .pix2pix import translate
-
-        try:
-            return translate(pix2pix_generator(args), photo)
-        except ValueError as err:  # a --size the generator cannot take
-            sub.error(str(err))
+        return {"checkpoint": args.checkpoint, "device": args.device}
 
     def comicdiff_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method comicdiff (single-step LoRA U-Net, chapters 04-05)")
@@ -317,38 +312,23 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         g.add_argument("--denoiser", metavar="DIR", type=existing_dir, help="offline path's pre-trained U-Net "
                        "(default: the denoiser/ folder next to the run)")
 
-    def comicdiff_model(args):
-        from .comicdiff import load_translator
-
+    def comicdiff_options(args) -> dict:
         if not args.adapter:
             sub.error("--method comicdiff needs --adapter DIR")
-        if not hasattr(args, "_comicdiff"):
-            try:
-                args._comicdiff = load_translator(args.adapter, denoiser=args.denoiser, merge=True)
-            except FileNotFoundError as err:
-                sub.error(str(err))
-        return args._comicdiff
+        return {"adapter": args.adapter, "alpha": args.alpha, "denoiser": args.denoiser}
 
-    def comicdiff_run(photo, args):
-        return comicdiff_model(args).translate(photo, args.alpha)
-
-    methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments,
-                       nst_run),
-               "pix2pix": ("a trained pix2pix generator (one forward pass)", pix2pix_arguments,
-                           pix2pix_run),
+    methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments, nst_options),
+               "pix2pix": ("a trained pix2pix generator (one forward pass)", pix2pix_arguments, pix2pix_options),
                "comicdiff": ("ComicDiff: one LoRA U-Net call in latent space", comicdiff_arguments,
-                             comicdiff_run)}
-    # the square side a method works at when --size is not given
-    default_sizes = {"pix2pix": lambda args: int(pix2pix_generator(args).config["size"]),
-                     "comicdiff": lambda args: int((getattr(comicdiff_model(args), "info", {}).get("size")
-                                                    or [256])[0])}
+                             comicdiff_options)}
 
     sub.add_argument("photos", nargs="+", metavar="PHOTO", help="portrait photo(s)")
     sub.add_argument("--method", default="nst", choices=sorted(methods),
                      help="; ".join(f"{k}: {v[0]}" for k, v in methods.items()))
     sub.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<stem>_<method>.png")
     sub.add_argument("--size", type=int_at_least(32), default=None, help="square side in px (resize + crop); "
-                     "default 256; pix2pix, comicdiff: the training size")
+                     "default 256; pix2pix, comicdiff: the training size (the model runs at its training size "
+                     "either way, as in evaluate)")
     sub.add_argument("--align-face", action="store_true", help="find the face on the full-resolution photo "
                      "and align it (dlib 5 landmarks, FFHQ-like framing, as the training pairs are framed) "
                      "instead of resizing and centre-cropping")
@@ -358,17 +338,14 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
     def run(args):
         from pathlib import Path
 
+        from . import stylizers
         from .faces import NoFaceFound, align_face
         from .images import ImageError, load_tensor, save_image
 
-        method = methods[args.method][2]
-        if args.method == "nst" and not args.style:
-            sub.error("--method nst needs --style STYLE_IMAGE")
-        if args.method == "nst" and not hasattr(args, "_style_tensor"):
-            args._style_tensor = load_tensor(args.style, args.size or 256)   # a broken style image: one line, exit 1
-        if args.size is None:
-            args.size = default_sizes.get(args.method, lambda a: 256)(args)
         writable_dir(sub, "--out", args.out)
+        stylizer = stylizers.build(args.method, **methods[args.method][2](args))
+        if args.size is None:
+            args.size = int(getattr(stylizer, "size", 256))
         out_dir = Path(args.out)
         names = unique_output_names(args.photos, args.method)
         failed = []
@@ -376,7 +353,7 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
             try:
                 photo = (align_face(photo_path, size=args.size) if args.align_face
                          else load_tensor(photo_path, args.size))
-                image = method(photo, args)
+                image = stylizer(photo)
             except (ImageError, NoFaceFound) as err:     # this photo only: go on with the others
                 failed.append(photo_path)
                 text = " ".join(str(err).split())

@@ -119,6 +119,10 @@ class NST(Stylizer):
     steps: int = 200
     style_weight: float | None = None
     size: int = 256
+    content_weight: float = 1.0
+    optimizer: str = "adam"
+    lr: float | None = None
+    seed: int = 0
 
     def __post_init__(self):
         from . import nst
@@ -141,7 +145,8 @@ class NST(Stylizer):
         def run(batch):
             return torch.cat([nst.stylize(img.unsqueeze(0), style, backbone=self.backbone,
                                           steps=self.steps, style_weight=self.style_weight,
-                                          init="content", show_progress=False).image
+                                          content_weight=self.content_weight, optimizer=self.optimizer,
+                                          lr=self.lr, seed=self.seed, init="content", show_progress=False).image
                               for img in batch])
 
         return _resized(run, images, self.size)
@@ -160,14 +165,16 @@ class Pix2Pix(Stylizer):
     generator: torch.nn.Module | None = None
     name: str = "pix2pix"
     norm_stats: str = "image"
+    device: str | None = None
 
     def __post_init__(self):
         from . import pix2pix
+        from .runtime import get_device
 
         if self.generator is None:
             if self.checkpoint is None:
                 raise ValueError("pix2pix needs checkpoint=... or generator=...")
-            self.generator = pix2pix.load_generator(self.checkpoint)
+            self.generator = pix2pix.load_generator(self.checkpoint, device=get_device(self.device))
             self.weights = f"checkpoint {Path(self.checkpoint).name}"
         else:
             self.weights = "in-memory generator"

@@ -347,3 +347,23 @@ def test_a_corrupt_denoiser_or_adapter_is_one_clear_error(tmp_path, mirror):
     out = _cli("stylize", _photo(tmp_path), "--method", "comicdiff", "--adapter", res.adapter_dir,
                "--denoiser", tmp_path / "denoiser", "--out", tmp_path / "o")
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "denoiser" in out.stderr
+
+
+def test_stylize_and_evaluate_use_the_same_pix2pix_stylizer(tmp_path):
+    """One checkpoint, one picture: the CLI runs comicutils.stylizers, with per-image BatchNorm statistics."""
+    from comicutils import stylizers
+
+    t = _trainer()
+    for m in t.generator.modules():                       # running statistics unlike any one image's
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(0.3)
+            m.running_var.fill_(2.0)
+    t.save_generator(tmp_path / "g.pt")
+    photo = _photo(tmp_path, size=32)
+    assert cli.main(["stylize", str(photo), "--method", "pix2pix", "--checkpoint", str(tmp_path / "g.pt"),
+                     "--out", str(tmp_path / "o")]) == 0
+    got = I.load_tensor(tmp_path / "o" / "p_pix2pix.png")
+    want = stylizers.build("pix2pix", checkpoint=tmp_path / "g.pt")(I.load_tensor(photo, 32))
+    running = pix2pix.translate(pix2pix.load_generator(tmp_path / "g.pt"), I.load_tensor(photo, 32))
+    assert (got - want).abs().max() <= 1 / 255 + 1e-6
+    assert (running - want).abs().max() > 0.01           # the other rule would give another picture
