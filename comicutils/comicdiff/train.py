@@ -223,7 +223,8 @@ class TrainConfig:
 
     rank: int = 8
     lora_alpha: float | None = None          # default: = rank (scale 1)
-    feed_forward: bool = False               # also adapt ff.net.0.proj / ff.net.2
+    feed_forward: bool = True                # also adapt ff.net.0.proj / ff.net.2 (the thesis: attention and
+                                             # selected feed-forward layers); False: attention only
     lr: float = 1e-5
     weight_decay: float = 1e-2
     batch_size: int = 4
@@ -470,6 +471,9 @@ def evaluate_translation(model: ComicDiff, photos: torch.Tensor, comics: torch.T
 
 
 # --------------------------------------------------------------------------- CLI
+SD21_TRAIN_SIZE = 768      # the ComicDiff thesis trains and infers at SD 2.1's native 768 x 768
+OFFLINE_TRAIN_SIZE = 256
+
 NEEDS_DENOISER = ("the offline path needs a pre-trained denoiser: --denoiser DIR (notebook 04 writes "
                   "data/runs/04/denoiser), or --random-unet to train LoRA on a random U-Net on purpose")
 
@@ -490,13 +494,16 @@ def _parser() -> argparse.ArgumentParser:
                    "random (not pre-trained) U-Net, chapter 04's ablation")
     p.add_argument("--skip-bad", action="store_true", help="train without the unreadable or unpaired files of "
                    "--data (listed) instead of refusing to start")
-    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--size", type=int, default=None, help="training size in px (default: 768, SD 2.1's native "
+                   "size and the thesis's, on Stable Diffusion 2.1; 256 on the offline path)")
     p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (seed 000: 5 %%)")
     for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
     for f in ("lr", "lpips_weight", "blend_alpha", "weight_decay"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(TrainConfig, f))
-    p.add_argument("--feed-forward", action="store_true")
+    p.add_argument("--feed-forward", action=argparse.BooleanOptionalAction, default=True,
+                   help="LoRA also in the feed-forward projections, as in the ComicDiff thesis (default); "
+                        "--no-feed-forward: attention only")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
     p.add_argument("--perceptual", default="auto", choices=["auto", "lpips-vgg", "taef2"])
@@ -519,7 +526,8 @@ def _train_main(args, parser) -> int:
     from ..cli import check_finite_args, check_range
     from .components import load_components
 
-    check_range(parser, "--size", args.size, 8)
+    if args.size is not None:
+        check_range(parser, "--size", args.size, 8)
     check_range(parser, "--rank", args.rank, 1)
     check_range(parser, "--batch-size", args.batch_size, 1)
     check_range(parser, "--epochs", args.epochs, 1)
@@ -536,7 +544,7 @@ def _train_main(args, parser) -> int:
     photo_dir, comic_dir = root / "photos", root / "comics"
     if not (photo_dir.is_dir() and comic_dir.is_dir()):
         parser.error(f"--data: expected {photo_dir} and {comic_dir} (pairs matched by basename)")
-    folder = D.PairedFolder(photo_dir, comic_dir, size=args.size)
+    folder = D.PairedFolder(photo_dir, comic_dir, size=args.size or 8)   # size set below, once the path is known
     folder.check(skip_bad=args.skip_bad)                 # every image opened before the first step
     train_keys, test_keys = D.split_keys(folder.keys, args.test_fraction)
     kwargs = {"model_id": args.model_id} if args.model_id else {}
@@ -548,6 +556,12 @@ def _train_main(args, parser) -> int:
     if components.path == "offline" and not (args.denoiser or args.random_unet):
         parser.error(NEEDS_DENOISER)
     model = ComicDiff(components)
+    if args.size is None:
+        args.size = SD21_TRAIN_SIZE if components.path == "sd21" else OFFLINE_TRAIN_SIZE
+        print(f"training at {args.size} px ({components.path} path)", flush=True)
+    if args.size % model.pad_multiple:
+        parser.error(f"--size must be a multiple of {model.pad_multiple} on the {components.path} path; got {args.size}")
+    folder.size = args.size
     cfg = TrainConfig(rank=args.rank, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
                       lr=args.lr, lpips_weight=args.lpips_weight, blend_alpha=args.blend_alpha,
                       weight_decay=args.weight_decay, feed_forward=args.feed_forward,
