@@ -198,7 +198,10 @@ class MethodUnavailable(RuntimeError):
 @register("animegan")
 @dataclass
 class AnimeGAN(Stylizer):
-    """AnimeGANv2 face_paint_512_v2 (seed 002) with face2paint processing; fp16 on a GPU.
+    """AnimeGANv2 face_paint_512_v2 with face2paint processing; fp16 on a GPU.
+
+    The GAN project report used the original AnimeGAN (TachibanaYoshino, TensorFlow); this is
+    its successor, the version with maintained PyTorch weights for faces.
 
     ``size``: face2paint's working size; default 512 (the published setting), 128 in smoke mode
     (one 512 px pass takes seconds on a CPU). Offline (weights missing) building it raises
