@@ -367,3 +367,39 @@ def test_stylize_and_evaluate_use_the_same_pix2pix_stylizer(tmp_path):
     running = pix2pix.translate(pix2pix.load_generator(tmp_path / "g.pt"), I.load_tensor(photo, 32))
     assert (got - want).abs().max() <= 1 / 255 + 1e-6
     assert (running - want).abs().max() > 0.01           # the other rule would give another picture
+
+
+# --------------------------------------------------------------------------- the adversarial option
+def _adv_data():
+    ds, photos, _ = fixed_batch()
+    return cd.LatentPairs(ds.keys, ds.latents, ds.comics, photos)
+
+
+def test_the_adversarial_option_trains_a_patchgan_and_ramps_its_weight(tmp_path):
+    ds = _adv_data()
+    cfg = cd.TrainConfig(**{**CFG, "adversarial_weight": 0.1, "adversarial_warmup": 4}, max_steps=4)
+    res = cd.train_lora(tiny_model(), ds, cfg, out_dir=tmp_path, loss_fn=mse_only(), show_progress=False)
+    ws = [r["adversarial_weight"] for r in res.history]
+    assert ws == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    for r in res.history:
+        assert r["loss"] == pytest.approx(r["mse"] + r["adversarial_weight"] * r["adversarial"], rel=1e-5)
+        assert r["discriminator"] > 0
+    assert any(p.name.startswith("model") for p in (tmp_path / cdtrain.CHECKPOINT_NAME).iterdir()), \
+        "the discriminator belongs in the checkpoint"
+    # resuming restores the discriminator too: the same losses as one uninterrupted run
+    half = tmp_path / "half"
+    cd.train_lora(tiny_model(), ds, cd.TrainConfig(**{**CFG, "adversarial_weight": 0.1, "adversarial_warmup": 4},
+                                                    max_steps=2), out_dir=half, loss_fn=mse_only(), show_progress=False)
+    rest = cd.train_lora(tiny_model(), ds, cfg, out_dir=half, loss_fn=mse_only(), show_progress=False)
+    assert rest.history[3]["loss"] == pytest.approx(res.history[3]["loss"], rel=1e-4)
+    assert rest.history[3]["discriminator"] == pytest.approx(res.history[3]["discriminator"], rel=1e-4)
+    with pytest.raises(checkpoints.ProvenanceMismatch, match="adversarial"):
+        cd.train_lora(tiny_model(), ds, cd.TrainConfig(**CFG, max_steps=5), out_dir=half, loss_fn=mse_only(),
+                      show_progress=False)
+
+
+def test_the_adversarial_option_needs_the_photos():
+    ds, _, _ = fixed_batch()
+    cfg = cd.TrainConfig(**{**CFG, "adversarial_weight": 0.1}, max_steps=1)
+    with pytest.raises(ValueError, match="needs the photos"):
+        cd.train_lora(tiny_model(), ds, cfg, loss_fn=mse_only(), show_progress=False)

@@ -52,16 +52,22 @@ class LatentPairs(Dataset):
     skip the VAE encoder, the most expensive frozen part on a CPU.
     """
 
-    def __init__(self, keys: list[str], latents: torch.Tensor, comics: torch.Tensor):
+    def __init__(self, keys: list[str], latents: torch.Tensor, comics: torch.Tensor,
+                 photos: torch.Tensor | None = None):
         if not (len(keys) == latents.shape[0] == comics.shape[0]):
             raise ValueError("keys, latents and comics must have the same length")
-        self.keys, self.latents, self.comics = list(keys), latents, comics
+        if photos is not None and photos.shape[0] != len(keys):
+            raise ValueError("photos must have one image per key")
+        self.keys, self.latents, self.comics, self.photos = list(keys), latents, comics, photos
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, i: int) -> dict:
-        return {"key": self.keys[i], "latent": self.latents[i], "comic": self.comics[i]}
+        item = {"key": self.keys[i], "latent": self.latents[i], "comic": self.comics[i]}
+        if self.photos is not None:                  # the adversarial option's discriminator sees the photo
+            item["photo_image"] = self.photos[i]
+        return item
 
 
 @torch.no_grad()
@@ -84,7 +90,7 @@ def encode_pairs(codec, pairs, *, augment=None, copies: int = 0, flip: bool = Tr
             keys += [f"{k}_aug{c}" for k in pairs.keys]
     photos, comics = torch.cat(photos), torch.cat(comics)
     return LatentPairs(keys, encode_images(codec, photos, batch_size=batch_size, show_progress=show_progress),
-                       comics)
+                       comics, photos)
 
 
 def _bar(iterable=None, show: bool = True, **kwargs):
@@ -238,6 +244,12 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int | None = None      # steps; None: only at the end
     seed: int = 0
+    # beyond the thesis (Parmar et al. 2024): a conditional PatchGAN (chapter 02's) on (photo, output)
+    # pairs; its term's weight ramps linearly from 0 over adversarial_warmup steps. 0: off (the thesis).
+    adversarial_weight: float = 0.0
+    adversarial_warmup: int = 0
+    discriminator_ndf: int = 32
+    discriminator_lr: float = 2e-4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -268,11 +280,11 @@ def provenance(model: ComicDiff, config: TrainConfig, size) -> dict:
     return {**base_provenance(model.components, unet), "rank": config.rank,
             "lora_alpha": config.lora_alpha if config.lora_alpha is not None else config.rank,
             "feed_forward": config.feed_forward, "size": list(size) if size is not None else None,
-            "timestep": model.timestep}
+            "timestep": model.timestep, "adversarial": config.adversarial_weight > 0}
 
 
 # the keys that must agree to resume a run (lr, steps etc. may change between calls)
-RESUME_KEYS = ("path", "base", "rank", "lora_alpha", "feed_forward", "size", "timestep")
+RESUME_KEYS = ("path", "base", "rank", "lora_alpha", "feed_forward", "size", "timestep", "adversarial")
 
 
 def _write_checkpoint(model, out_dir: Path, config: TrainConfig, step: int, epoch: int, history: list[dict],
@@ -295,8 +307,9 @@ def _write_checkpoint(model, out_dir: Path, config: TrainConfig, step: int, epoc
     def save_hook(models, weights, output_dir):        # LoRA only, never the frozen U-Net
         from safetensors.torch import save_file
 
-        for _ in range(len(weights)):
-            weights.pop()
+        for i in reversed(range(len(models))):         # the discriminator, if any, is saved by Accelerate
+            if accelerator.unwrap_model(models[i]) is unet:
+                weights.pop(i)
         save_file(_lora_state(unet), str(Path(output_dir) / LORA_STATE_NAME))
         lora.save_adapter(unet, Path(output_dir) / "adapter", info)
 
@@ -340,7 +353,8 @@ def _resume(model, out_dir: Path, accelerator, prov: dict) -> tuple[int, int, li
         with torch.no_grad():
             for n, v in lora_state.items():
                 params[n].copy_(v.to(params[n]))
-        models.clear()
+        unet = accelerator.unwrap_model(model.unet)
+        models[:] = [m for m in models if accelerator.unwrap_model(m) is not unet]
 
     handle = accelerator.register_load_state_pre_hook(load_hook)
     try:
@@ -349,6 +363,51 @@ def _resume(model, out_dir: Path, accelerator, prov: dict) -> tuple[int, int, li
         handle.remove()
     print(f"resuming from {folder} at step {state['step']}")
     return int(state["step"]), int(state["epoch"]), [dict(r) for r in state["history"]]
+
+
+class _Adversary:
+    """The optional adversarial term: chapter 02's conditional PatchGAN judges (photo, output) against
+    (photo, comic); the LoRA loss gets ``w(step) · GAN(D(photo, output), real)`` with w ramping from 0
+    to ``adversarial_weight`` over ``adversarial_warmup`` steps. D has its own Adam optimiser; both are
+    prepared by Accelerate, so ``save_state`` checkpoints them with the rest."""
+
+    def __init__(self, config: TrainConfig, accelerator):
+        from ..pix2pix import GANLoss, PatchDiscriminator
+
+        g = torch.Generator().manual_seed(config.seed + 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            disc = PatchDiscriminator(ndf=config.discriminator_ndf)
+        opt = torch.optim.Adam(disc.parameters(), lr=config.discriminator_lr, betas=(0.5, 0.999))
+        self.disc, self.opt = accelerator.prepare(disc, opt)
+        self.gan = GANLoss("vanilla")
+        self.config, self.accelerator = config, accelerator
+
+    def weight(self, step: int) -> float:
+        c = self.config
+        return c.adversarial_weight * (min(1.0, (step + 1) / c.adversarial_warmup) if c.adversarial_warmup else 1.0)
+
+    def step(self, batch: dict, pred: torch.Tensor, target: torch.Tensor, terms: dict, step: int) -> dict:
+        from ..pix2pix import discriminator_loss
+
+        if "photo_image" not in batch:
+            raise ValueError("the adversarial option needs the photos in the dataset (encode_pairs keeps them)")
+        photo = batch["photo_image"].to(pred.device) * 2 - 1
+        fake, real = pred * 2 - 1, target * 2 - 1
+        self.disc.train()
+        d_loss = discriminator_loss(self.disc(photo, real), self.disc(photo, fake.detach()), self.gan)
+        _check_finite(d_loss, step + 1, "discriminator loss")
+        self.opt.zero_grad(set_to_none=True)
+        self.accelerator.backward(d_loss)
+        self.opt.step()
+        self.disc.requires_grad_(False)
+        try:
+            adv = self.gan(self.disc(photo, fake), True)
+        finally:
+            self.disc.requires_grad_(True)
+        w = self.weight(step)
+        return {**terms, "loss": terms["loss"] + w * adv, "adversarial": adv.detach(), "discriminator": d_loss.detach(),
+                "adversarial_weight": w}
 
 
 def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = None, *,
@@ -385,6 +444,7 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     order = torch.Generator().manual_seed(config.seed)     # reseeded each epoch: resume sees the same order
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, generator=order)
+    adversary = _Adversary(config, accelerator) if config.adversarial_weight > 0 else None
     unet, optimizer, loader = accelerator.prepare(model.unet, optimizer, loader)
     model.unet = unet
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -419,6 +479,8 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
             with accelerator.autocast():
                 pred = model(latents=z, alpha=config.blend_alpha)
                 terms = loss_fn(pred.float(), y)
+            if adversary is not None:
+                terms = adversary.step(batch, pred.float(), y, terms, step)
             _check_finite(terms["loss"], step + 1)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(terms["loss"])
@@ -426,9 +488,13 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
                      else torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
             optimizer.step()
             step += 1
-            history.append({"step": step, "epoch": epoch + 1, "loss": terms["loss"].item(),
-                            "mse": terms["mse"].item(), "perceptual": terms["perceptual"].item(),
-                            "grad_norm": float(gnorm), "seconds": time.perf_counter() - t0})
+            row = {"step": step, "epoch": epoch + 1, "loss": terms["loss"].item(),
+                   "mse": terms["mse"].item(), "perceptual": terms["perceptual"].item(),
+                   "grad_norm": float(gnorm), "seconds": time.perf_counter() - t0}
+            if adversary is not None:
+                row.update({k: terms[k].item() for k in ("adversarial", "discriminator")})
+                row["adversarial_weight"] = float(terms["adversarial_weight"])
+            history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
             if out_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
@@ -497,9 +563,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="training size in px (default: 768, SD 2.1's native "
                    "size and the thesis's, on Stable Diffusion 2.1; 256 on the offline path)")
     p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (seed 000: 5 %%)")
-    for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed"):
+    for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed", "adversarial_warmup"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
-    for f in ("lr", "lpips_weight", "blend_alpha", "weight_decay"):
+    for f in ("lr", "lpips_weight", "blend_alpha", "weight_decay", "adversarial_weight"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(TrainConfig, f))
     p.add_argument("--feed-forward", action=argparse.BooleanOptionalAction, default=True,
                    help="LoRA also in the feed-forward projections, as in the ComicDiff thesis (default); "
@@ -533,7 +599,10 @@ def _train_main(args, parser) -> int:
     check_range(parser, "--epochs", args.epochs, 1)
     if args.max_steps is not None:
         check_range(parser, "--max-steps", args.max_steps, 1)
-    check_finite_args(parser, args, ("lr", "lpips_weight", "blend_alpha", "weight_decay", "test_fraction"))
+    check_finite_args(parser, args, ("lr", "lpips_weight", "blend_alpha", "weight_decay", "test_fraction",
+                                     "adversarial_weight"))
+    if args.adversarial_weight < 0 or args.adversarial_warmup < 0:
+        parser.error("--adversarial-weight and --adversarial-warmup must be >= 0")
     if not 0 < args.lr:
         parser.error(f"--lr must be > 0; got {args.lr}")
     if not 0 <= args.test_fraction < 1:
@@ -566,7 +635,8 @@ def _train_main(args, parser) -> int:
                       lr=args.lr, lpips_weight=args.lpips_weight, blend_alpha=args.blend_alpha,
                       weight_decay=args.weight_decay, feed_forward=args.feed_forward,
                       gradient_checkpointing=args.gradient_checkpointing, mixed_precision=args.mixed_precision,
-                      perceptual=args.perceptual, checkpoint_every=args.checkpoint_every, seed=args.seed)
+                      perceptual=args.perceptual, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                      adversarial_weight=args.adversarial_weight, adversarial_warmup=args.adversarial_warmup)
     result = train_lora(model, folder.subset(train_keys), cfg, out_dir=args.out, resume=not args.no_resume)
     print(f"trained {result.steps} steps in {result.seconds:.0f} s on {len(train_keys)} pairs "
           f"({len(test_keys)} held out); adapter: {result.adapter_dir}")
