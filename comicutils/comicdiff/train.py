@@ -229,7 +229,7 @@ class TrainConfig:
 
     rank: int = 8
     lora_alpha: float | None = None          # default: = rank (scale 1)
-    feed_forward: bool = True                # also adapt ff.net.0.proj / ff.net.2 (the thesis: attention and
+    feed_forward: bool = True                # also adapt ff.net.0.proj / ff.net.2 (the ComicDiff report: attention and
                                              # selected feed-forward layers); False: attention only
     lr: float = 1e-5
     weight_decay: float = 1e-2
@@ -244,8 +244,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int | None = None      # steps; None: only at the end
     seed: int = 0
-    # beyond the thesis (Parmar et al. 2024): a conditional PatchGAN (chapter 02's) on (photo, output)
-    # pairs; its term's weight ramps linearly from 0 over adversarial_warmup steps. 0: off (the thesis).
+    # beyond the ComicDiff report (Parmar et al. 2024): a conditional PatchGAN (chapter 02's) on (photo, output)
+    # pairs; its term's weight ramps linearly from 0 over adversarial_warmup steps. 0: off (as in the report).
     adversarial_weight: float = 0.0
     adversarial_warmup: int = 0
     discriminator_ndf: int = 32
@@ -537,7 +537,7 @@ def evaluate_translation(model: ComicDiff, photos: torch.Tensor, comics: torch.T
 
 
 # --------------------------------------------------------------------------- CLI
-SD21_TRAIN_SIZE = 768      # the ComicDiff thesis trains and infers at SD 2.1's native 768 x 768
+SD21_TRAIN_SIZE = 768      # the ComicDiff report trains and infers at SD 2.1's native 768 x 768
 OFFLINE_TRAIN_SIZE = 256
 
 NEEDS_DENOISER = ("the offline path needs a pre-trained denoiser: --denoiser DIR (notebook 04 writes "
@@ -561,14 +561,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="train without the unreadable or unpaired files of "
                    "--data (listed) instead of refusing to start")
     p.add_argument("--size", type=int, default=None, help="training size in px (default: 768, SD 2.1's native "
-                   "size and the thesis's, on Stable Diffusion 2.1; 256 on the offline path)")
+                   "size and the report's, on Stable Diffusion 2.1; 256 on the offline path)")
     p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (seed 000: 5 %%)")
     for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed", "adversarial_warmup"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
     for f in ("lr", "lpips_weight", "blend_alpha", "weight_decay", "adversarial_weight"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(TrainConfig, f))
     p.add_argument("--feed-forward", action=argparse.BooleanOptionalAction, default=True,
-                   help="LoRA also in the feed-forward projections, as in the ComicDiff thesis (default); "
+                   help="LoRA also in the feed-forward projections, as in the ComicDiff report (default); "
                         "--no-feed-forward: attention only")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
