@@ -21,10 +21,17 @@ output), D takes [-1, 1] photos and comics. The conversion happens in two places
 BatchNorm and dropout follow the module's mode: :func:`translate` switches the generator to
 ``eval()`` explicitly (running BatchNorm statistics, no dropout) and restores the mode after.
 
-Sections: helpers -- generators -- discriminator -- losses -- inference and files -- trainer.
+Seed 003's experiments: :data:`TABLE1_ROWS` (its Table 1 with the published numbers),
+:func:`table1_config` and :func:`build_trainer` (train any row), ``Pix2PixTrainer.train(...,
+eval_pairs=...)`` (its per-epoch metric curve on a test image, Fig. 5) and
+:func:`loss_term_magnitudes` (what ALPHA and LAMBDA do to the balance of eq. 1 here).
+
+Sections: helpers -- generators -- discriminator -- losses -- inference and files -- trainer --
+seed 003's experiments.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -42,11 +49,13 @@ from .runtime import get_device, progress
 
 __all__ = [
     "GENERATORS", "PERCEPTUAL_LAYERS", "CHECKPOINT_FORMAT",
-    "UNetGenerator", "ResidualBlock", "UResNetGenerator", "UResNet50Generator",
+    "UNetGenerator", "unet_channels", "ResidualBlock", "UResNetGenerator", "UResNet50Generator",
     "build_generator", "count_parameters",
     "PatchDiscriminator", "patch_layer_specs", "receptive_field", "patch_output_size",
     "GANLoss", "PerceptualLoss", "generator_loss", "discriminator_loss",
     "translate", "save_generator", "load_generator", "Pix2PixTrainer",
+    "TABLE1_ROWS", "TABLE1_REPORT_RANGES", "KERAS_VGG_MEAN", "table1_config", "build_trainer",
+    "loss_term_magnitudes",
 ]
 
 CHECKPOINT_FORMAT = "comicutils.pix2pix/1"
@@ -134,20 +143,51 @@ def _run_unet(x: torch.Tensor, downs: nn.ModuleList, bridge: nn.Module, ups: nn.
 
 
 # --------------------------------------------------------------------------- generators
+def unet_channels(size: int, ngf: int = 64) -> list[int]:
+    """Encoder channels of :class:`UNetGenerator`, outermost first (one entry per level).
+
+    Up to 256 px: ``ngf * min(2**i, 8)`` for the ``log2(size)`` levels (pix2pix). Above: one
+    outer level per doubling, each with half the filters of the next, in front of the 256 px
+    list (seed 003's 512 px U-Net: 32, 64, 128, 256, 512, 512, 512, 512, 512 at ngf=64).
+    """
+    n = int(math.log2(size))
+    base = [ngf * min(2 ** i, 8) for i in range(min(n, 8))]
+    extra = [max(1, ngf >> (n - 8 - i)) for i in range(max(0, n - 8))]
+    return extra + base
+
+
 class UNetGenerator(nn.Module):
     """The pix2pix U-Net: ``log2(size)`` 4x4 stride-2 downsamplings to a 1x1 bottleneck.
 
     ``forward(x)``: (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) in [-1, 1] (Tanh). H and W must be
-    multiples of ``size`` (128 -> 7 levels, 256 -> 8, 512 -> 9: seed 003 added a level for
-    512 px); anything else is a ValueError naming the allowed sizes.
+    multiples of ``size`` (128 -> 7 levels, 256 -> 8, 512 -> 9); anything else is a ValueError
+    naming the allowed sizes.
 
-    Encoder level i has ``ngf * min(2**i, 8)`` channels (64, 128, 256, 512, 512, ... at
-    ngf=64): Conv 4x4/2 + BatchNorm + LeakyReLU(0.2); no BatchNorm on the first level nor on the
-    1x1 bottleneck (a batch of one 1x1 map has no spread to normalise), whose activation is
-    ReLU. Decoder: ConvTranspose 4x4/2 + BatchNorm + ReLU, dropout ``dropout`` in the three
-    innermost decoder blocks (pix2pix's noise source), each output concatenated with the
-    encoder map of the same size (skip connection); last: ConvTranspose to 3 channels + Tanh.
-    About 54 M parameters at 256 px and ngf=64 (41 M at 128 px).
+    At 256 px this is the pix2pix generator of the TensorFlow tutorial seed 003 started from:
+    encoder level i has ``ngf * min(2**i, 8)`` channels (64, 128, 256, 512, 512, 512, 512, 512
+    at ngf=64); 128 px keeps its first seven levels. Conv 4x4/2 + BatchNorm + LeakyReLU(0.2); no
+    BatchNorm on the first level nor on the 1x1 bottleneck (a batch of one 1x1 map has no spread
+    to normalise), whose activation is ReLU. Decoder: ConvTranspose 4x4/2 + BatchNorm + ReLU,
+    dropout ``dropout`` in the three innermost decoder blocks (pix2pix's noise source), each
+    output concatenated with the encoder map of the same size (skip connection); last:
+    ConvTranspose to 3 channels + Tanh.
+
+    **512 px** (seed 003, sec. 4.1 "U-Net"): "The input layer was resized to 512x512x3.
+    Additionally, a downsample layer was incorporated, utilizing a 2D convolution with 32
+    filters of size 4x4, employing 'same' padding, a stride of 2. Similarly, an upsample layer
+    was introduced to reverse the operation just described." So the 512 px U-Net is the 256 px
+    one with an outer level in front: encoder 32, 64, 128, 256, 512 x 5 (a 4x4/2 conv 512 -> 256
+    px with ``ngf // 2`` = 32 filters, then the 256 px network unchanged), decoder ending in an
+    upsampling to 32 channels at 256 px whose output is concatenated with the 32-filter skip
+    before the final ConvTranspose to 512 px. The seed gives the filters, kernel, padding and
+    stride only; that the new level is the outermost one (filters grow with depth, and 32 is
+    fewer than the 64 of the old first level) and its normalisation are the course's reading:
+    as in pix2pix, the level that sees the image has no BatchNorm, so the 64-filter level, now
+    second, gets one. Each further doubling (1024 px) adds one more outer level with half the
+    filters again.
+
+    Parameters at ngf=64: 41.8 M at 128 px, 54.4 M at 256 px, 54.5 M at 512 px (the extra
+    level adds 0.1 M).
     """
 
     def __init__(self, size: int = 256, ngf: int = 64, dropout: float = 0.5):
@@ -157,8 +197,8 @@ class UNetGenerator(nn.Module):
                              f"got {size!r}")
         self.config = {"name": "unet", "size": size, "ngf": ngf, "dropout": dropout}
         self.n_downs = int(math.log2(size))
-        chans = [ngf * min(2 ** i, 8) for i in range(self.n_downs)]
         self.downs = nn.ModuleList()
+        chans = unet_channels(size, ngf)
         c_in = 3
         for i, c in enumerate(chans):
             inner = i == self.n_downs - 1
@@ -546,6 +586,34 @@ def discriminator_loss(d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor,
 
 
 # --------------------------------------------------------------------------- inference and files
+@contextlib.contextmanager
+def _inference_mode(*modules: nn.Module, batch_norm: str = "running"):
+    """Run ``modules`` in ``eval()`` (dropout off); restore each one's mode afterwards.
+
+    ``batch_norm="batch"``: BatchNorm layers normalise with the statistics of the batch they
+    see (as in training) while their running averages and counters stay exactly as they were.
+    """
+    modes = [m.training for m in modules]
+    norms = [n for m in modules for n in m.modules() if isinstance(n, nn.modules.batchnorm._BatchNorm)]
+    momenta = [n.momentum for n in norms]
+    counts = [None if n.num_batches_tracked is None else n.num_batches_tracked.clone() for n in norms]
+    for m in modules:
+        m.eval()
+    if batch_norm == "batch":
+        for n in norms:
+            n.train()          # batch statistics ...
+            n.momentum = 0.0   # ... without touching the running averages
+    try:
+        yield
+    finally:
+        for n, momentum, count in zip(norms, momenta, counts):
+            n.momentum = momentum
+            if count is not None:
+                n.num_batches_tracked.copy_(count)
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
 @torch.no_grad()
 def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8, *,
               norm_stats: str = "running") -> torch.Tensor:
@@ -567,26 +635,11 @@ def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8,
     single = images01.ndim == 3
     x = check_image_tensor(images01.unsqueeze(0) if single else images01, "translate input")
     device = next(generator.parameters()).device
-    was_training = generator.training
-    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
-    generator.eval()
     if norm_stats == "image":
         batch_size = 1
-        for m in norms:
-            m.train()          # batch statistics of the one image ...
-            m.momentum = 0.0   # ... without touching the running averages
-    try:
-        with torch.no_grad():
-            outs = [_to_image(generator(_to_model(chunk.to(device, torch.float32)))).clamp(0, 1).cpu()
-                    for chunk in x.split(batch_size)]
-    finally:
-        for m, momentum, count in zip(norms, momenta, counts):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
-        generator.train(was_training)
+    with _inference_mode(generator, batch_norm="batch" if norm_stats == "image" else "running"):
+        outs = [_to_image(generator(_to_model(chunk.to(device, torch.float32)))).clamp(0, 1).cpu()
+                for chunk in x.split(batch_size)]
     out = torch.cat(outs)
     return out[0] if single else out
 
@@ -648,6 +701,37 @@ def _sample_photos(sample_pairs) -> torch.Tensor | None:
     return sample_pairs
 
 
+def _eval_pairs(eval_pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(photos, comics), each (N, 3, H, W) in [0, 1], from a PairSet, a (photos, comics) tuple
+    or a ``{"photo", "comic"}`` mapping; a single (3, H, W) pair becomes N = 1."""
+    if hasattr(eval_pairs, "photos") and hasattr(eval_pairs, "comics"):
+        photos, comics = eval_pairs.photos, eval_pairs.comics
+    elif isinstance(eval_pairs, Mapping):
+        photos, comics = eval_pairs["photo"], eval_pairs["comic"]
+    elif isinstance(eval_pairs, (tuple, list)) and len(eval_pairs) == 2:
+        photos, comics = eval_pairs
+    else:
+        raise ValueError("eval_pairs must be a PairSet, a (photos, comics) tuple or a "
+                         f"{{'photo', 'comic'}} mapping; got {type(eval_pairs).__name__}")
+    photos = check_image_tensor(photos.unsqueeze(0) if photos.ndim == 3 else photos, "eval photos")
+    comics = check_image_tensor(comics.unsqueeze(0) if comics.ndim == 3 else comics, "eval comics")
+    if photos.shape != comics.shape:
+        raise ValueError(f"eval photos {tuple(photos.shape)} and comics {tuple(comics.shape)} differ")
+    return photos, comics
+
+
+def _metric_names(metrics: Iterable[str]) -> list[str]:
+    from .metrics import METRICS
+
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in names if m not in METRICS]
+    if not names or unknown:
+        raise ValueError(f"eval metrics {unknown or '(none)'} unknown; choose from {', '.join(METRICS)}")
+    if "id_dist" in names:
+        raise ValueError("id_dist compares with the photo, not the comic; it is not an eval metric here")
+    return names
+
+
 class Pix2PixTrainer:
     """Trains a generator and a PatchGAN with seed 003's Algorithm 1 (D step, then G step).
 
@@ -659,7 +743,10 @@ class Pix2PixTrainer:
     State: ``step`` (optimiser steps done), ``epoch`` (complete epochs), ``history`` (one dict
     per step: step, epoch, d, g_total, g_adv, g_l1, g_perc; ``pandas.DataFrame(history)``
     plots the curves), ``samples`` ({epoch: (N, 3, H, W) in [0, 1]} generator outputs on the
-    fixed sample photos; 0 = before training).
+    fixed sample photos; 0 = before training), ``metric_history`` (one dict per epoch trained
+    with ``eval_pairs``: epoch, step and the mean of each metric over the eval pairs; seed
+    003's Fig. 5 curve, see :meth:`evaluate`). ``history`` and ``metric_history`` are kept in
+    the checkpoint; ``samples`` are not.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *,
@@ -677,6 +764,7 @@ class Pix2PixTrainer:
         self.step, self.epoch = 0, 0
         self.history: list[dict[str, float]] = []
         self.samples: dict[int, torch.Tensor] = {}
+        self.metric_history: list[dict[str, float]] = []
         self.config = {
             "generator": dict(getattr(generator, "config", {})),
             "discriminator": dict(getattr(discriminator, "config", {})),
@@ -741,7 +829,8 @@ class Pix2PixTrainer:
     # the loop --------------------------------------------------------------------
     def train(self, dataset, *, epochs: int | None = None, steps: int | None = None,
               batch_size: int = 1, sample_pairs=None, checkpoint: str | os.PathLike | None = None,
-              resume: bool = True, show_progress: bool = True, seed: int = 0) -> list[dict]:
+              resume: bool = True, show_progress: bool = True, seed: int = 0,
+              eval_pairs=None, eval_metrics: Iterable[str] = ("ssim", "psnr")) -> list[dict]:
         """Train until ``epochs`` complete epochs and/or ``steps`` optimiser steps *in total*.
 
         ``dataset``: a :class:`comicutils.data.PairDataset` (or any map-style dataset of
@@ -752,10 +841,13 @@ class Pix2PixTrainer:
         finishes the run. With both limits, training stops at the first one reached.
 
         ``sample_pairs``: fixed photos (PairSet, (photos, comics) or a tensor in [0, 1]) whose
-        translations are kept in ``samples[epoch]`` after every epoch. ``checkpoint``: a file
-        written atomically after every epoch and at the end; with ``resume=True`` an existing
-        one is loaded first (step count, history, both networks and optimisers). Returns
-        ``history``.
+        translations are kept in ``samples[epoch]`` after every epoch. ``eval_pairs``: test
+        pairs (PairSet, (photos, comics) or ``{"photo", "comic"}``, in [0, 1]) scored after every
+        epoch with ``eval_metrics`` (names of :data:`comicutils.metrics.METRICS`); the row is
+        appended to ``metric_history`` (see :meth:`evaluate`) before the checkpoint is written.
+        ``checkpoint``: a file written atomically after every epoch and at the end; with
+        ``resume=True`` an existing one is loaded first (step count, history, metric history,
+        both networks and optimisers). Returns ``history``.
         """
         from torch.utils.data import DataLoader
 
@@ -763,6 +855,9 @@ class Pix2PixTrainer:
             raise ValueError("give epochs=, steps= or both")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if eval_pairs is not None:
+            eval_photos, eval_comics = _eval_pairs(eval_pairs)
+            eval_metrics = _metric_names(eval_metrics)
         if checkpoint is not None:
             remove_stale_temps(checkpoint)            # what a killed save left behind
         if checkpoint is not None and resume and Path(checkpoint).is_file():
@@ -807,6 +902,10 @@ class Pix2PixTrainer:
                 self.epoch += 1
                 if photos is not None:
                     self.samples[self.epoch] = translate(self.generator, photos)
+                if eval_pairs is not None:
+                    self.metric_history.append(
+                        {"epoch": self.epoch, "step": self.step,
+                         **self.evaluate(eval_photos, eval_comics, eval_metrics)})
                 if checkpoint is not None:
                     self.save_checkpoint(checkpoint)
         finally:
@@ -815,22 +914,233 @@ class Pix2PixTrainer:
             self.save_checkpoint(checkpoint)
         return self.history
 
+    def evaluate(self, photos01: torch.Tensor, comics01: torch.Tensor,
+                 metrics: Iterable[str] = ("ssim", "psnr")) -> dict[str, float]:
+        """Score the generator's translations of ``photos01`` against ``comics01`` -> {metric: mean}.
+
+        Photos and comics: (N, 3, H, W) in [0, 1]. The translations are those of the pix2pix
+        stylizer (:class:`comicutils.stylizers.Pix2Pix`: resized to the generator's training
+        size and back, ``norm_stats="image"``, dropout off; nothing in the generator changes).
+        Each metric is :func:`comicutils.metrics.score_pairs`'s, averaged over the N pairs; a
+        metric that cannot be computed here is NaN (offline LPIPS), or raises in full mode.
+        Seed 003 scored one test image per epoch (N = 1, sec. 4.3).
+        """
+        from . import metrics as _metrics
+        from .stylizers import Pix2Pix
+
+        photos01, comics01 = _eval_pairs((photos01, comics01))
+        names = _metric_names(metrics)
+        preds = Pix2Pix(generator=self.generator, norm_stats="image")(photos01)
+        table = _metrics.score_pairs(preds, comics01, metrics=names)
+        return {m: float(table[m].mean()) for m in names}
+
     # files -----------------------------------------------------------------------
     def state(self) -> dict:
         """Everything needed to resume, as plain tensors, numbers, strings, lists and dicts."""
-        return trainer_state(self, CHECKPOINT_FORMAT)
+        return trainer_state(self, CHECKPOINT_FORMAT,
+                             metric_history=[dict(r) for r in self.metric_history])
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write :meth:`state` atomically (temp file + ``os.replace``)."""
         return save_state(self.state(), path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore networks, optimisers, step, epoch and history (``weights_only=True``).
+        """Restore networks, optimisers, step, epoch, history and metric history
+        (``weights_only=True``).
 
         The checkpoint's generator and discriminator configs must equal this trainer's.
         """
-        restore_trainer(self, path, CHECKPOINT_FORMAT)
+        ckpt = restore_trainer(self, path, CHECKPOINT_FORMAT)
+        self.metric_history = [dict(r) for r in ckpt.get("metric_history", [])]
 
     def save_generator(self, path: str | os.PathLike) -> Path:
         """The generator alone (for ``stylize --method pix2pix``): see :func:`save_generator`."""
         return save_generator(self.generator, path)
+
+
+# --------------------------------------------------------------------------- seed 003's experiments
+TABLE1_ROWS: dict[str, dict[str, Any]] = {
+    "U-Net": {"generator": "unet", "perceptual": None,
+              "psnr": 18.66, "rmse": 29.76, "ssim": 0.107, "fsim": 0.383},
+    "U-Res9": {"generator": "ures9", "perceptual": None,
+               "psnr": 18.25, "rmse": 31.19, "ssim": 0.126, "fsim": 0.384},
+    "U-Res50": {"generator": "ures50", "perceptual": None,
+                "psnr": 18.86, "rmse": 29.07, "ssim": 0.169, "fsim": 0.418},
+    "U-Res9-VGG-mse": {"generator": "ures9", "perceptual": "mse",
+                       "psnr": 20.38, "rmse": 24.42, "ssim": 0.208, "fsim": 0.443},
+    "U-Res50-VGG-mae": {"generator": "ures50", "perceptual": "mae",
+                        "psnr": 18.48, "rmse": 30.37, "ssim": 0.211, "fsim": 0.457},
+    "U-Res50-VGG-mse": {"generator": "ures50", "perceptual": "mse",
+                        "psnr": 19.98, "rmse": 25.56, "ssim": 0.242, "fsim": 0.486},
+}
+"""Seed 003's Table 1, row by row: generator, perceptual criterion on VGG-16 features (None:
+no perceptual term) and the reported PSNR, RMSE, SSIM and FSIM of one test image after 20
+epochs at 512 px. The seed's RMSE is in 0-255 grey levels (``255 * 10**(-PSNR / 20)``
+reproduces it to 0.04); :func:`comicutils.metrics.rmse` is in [0, 1] units, so multiply by
+255 to compare. Settings for training a row: :func:`table1_config`."""
+
+TABLE1_REPORT_RANGES = {"unet": "[-1, 1]", "ures9": "[-1, 1]", "ures50": "[0, 1]"}
+"""Input range of each generator in seed 003 (sec. 3.3): U-Net and U-Res9 [-1, 1], U-Res50
+[0, 1]. Here every generator takes [-1, 1] (U-Res50 maps to [0, 1] and ImageNet-normalises
+inside), and L1 is measured in [-1, 1] units for all of them."""
+
+
+def table1_config(row: str, size: int = 512) -> dict[str, Any]:
+    """Settings that train one of :data:`TABLE1_ROWS` -> dict of plain values.
+
+    Keys: ``generator`` (:func:`build_generator` keywords), ``discriminator``
+    (:class:`PatchDiscriminator` keywords), ``perceptual`` (:class:`PerceptualLoss` keywords or
+    None), ``trainer`` (:class:`Pix2PixTrainer` keywords), ``train`` (:meth:`Pix2PixTrainer.train`
+    keywords), ``report`` (the row's published metrics), ``report_input_range`` and ``row``.
+    :func:`build_trainer` turns it into a trainer; change entries first for a smaller run
+    (e.g. ``cfg["generator"]["ngf"] = 8``).
+
+    From the seed: 512 px images; LAMBDA = 100 and, for the VGG rows, ALPHA = 0.001 ("for the
+    final configuration the value 0.001 was chosen", sec. 3.4); VGG-16 ImageNet features, four
+    maps (here relu1_2, relu2_2, relu3_3, relu4_3: the seed does not name them) compared by MSE
+    or MAE; Adam with learning rate 2e-4, batch size 1, 20 epochs (sec. 3.3); U-Res50's encoder
+    is ImageNet-pretrained; at 512 px "a downsample layer was added" to the discriminator (sec.
+    4.1), so ``n_layers`` is 3 up to 256 px and one more per doubling above (512 px: 4, whose
+    logit map is 30 x 30 like the 256 px PatchGAN's). Adam's betas (0.5, 0.999) are the pix2pix
+    ones (the seed does not give them). ``size``: the training size (512 as in the seed; 256 or
+    128 for course runs).
+    """
+    if row not in TABLE1_ROWS:
+        lookup = {k.lower(): k for k in TABLE1_ROWS}
+        if str(row).lower() not in lookup:
+            raise ValueError(f"unknown Table 1 row {row!r}; choose from {', '.join(TABLE1_ROWS)}")
+        row = lookup[str(row).lower()]
+    spec = TABLE1_ROWS[row]
+    name = spec["generator"]
+    generator: dict[str, Any] = {"name": name, "size": int(size)}
+    if name == "ures50":
+        generator["pretrained"] = True
+    extra_layers = max(0, int(math.log2(size / 256))) if size > 256 else 0
+    return {
+        "row": row,
+        "generator": generator,
+        "discriminator": {"n_layers": 3 + extra_layers},
+        "perceptual": None if spec["perceptual"] is None else
+        {"backbone": "vgg16", "criterion": spec["perceptual"]},
+        "trainer": {"lambda_l1": 100.0, "alpha": 0.001, "lr": 2e-4, "betas": (0.5, 0.999)},
+        "train": {"epochs": 20, "batch_size": 1},
+        "report": {k: spec[k] for k in ("psnr", "rmse", "ssim", "fsim")},
+        "report_input_range": TABLE1_REPORT_RANGES[name],
+    }
+
+
+def build_trainer(config: Mapping[str, Any], *, device: str | torch.device | None = None) -> "Pix2PixTrainer":
+    """A :class:`Pix2PixTrainer` from a :func:`table1_config` dict (generator, discriminator,
+    perceptual loss and trainer settings; ``train`` holds the :meth:`Pix2PixTrainer.train`
+    keywords, e.g. ``trainer.train(ds, **config["train"])``)."""
+    generator = build_generator(**config["generator"])
+    discriminator = PatchDiscriminator(**config.get("discriminator", {}))
+    perceptual = None if not config.get("perceptual") else PerceptualLoss(**config["perceptual"])
+    return Pix2PixTrainer(generator, discriminator, perceptual=perceptual, device=device,
+                          **config.get("trainer", {}))
+
+
+KERAS_VGG_MEAN = (123.68, 116.779, 103.939)
+"""ImageNet mean (R, G, B) in 0-255 levels that Keras's ``vgg16.preprocess_input`` subtracts
+("caffe" mode: no division by a standard deviation)."""
+
+
+def _keras_like_perc(net: nn.Module, criterion: str, layers, pred01: torch.Tensor,
+                     target01: torch.Tensor, value_range: tuple[float, float]) -> float:
+    """The perceptual loss with the VGG input scaled as Keras's caffe preprocessing scales
+    ``value_range`` images: ``v - KERAS_VGG_MEAN`` with ``v = lo + (hi - lo) * x`` (the
+    course's RGB weights; channel order aside)."""
+    lo, hi = value_range
+    mean, std = net.mean.clone(), net.std.clone()
+    keras_mean = torch.tensor(KERAS_VGG_MEAN, dtype=mean.dtype, device=mean.device).view(1, 3, 1, 1)
+    dist = F.mse_loss if criterion == "mse" else F.l1_loss
+    try:
+        net.mean.copy_((keras_mean - lo) / (hi - lo))          # (x - mean') / std' = v - M
+        net.std.fill_(1.0 / (hi - lo))
+        fp, ft = net(pred01), net(target01)
+        return float(sum(dist(fp[k], ft[k]).item() for k in layers))
+    finally:
+        net.mean.copy_(mean)
+        net.std.copy_(std)
+
+
+def loss_term_magnitudes(trainer: "Pix2PixTrainer", photos01: torch.Tensor, comics01: torch.Tensor, *,
+                         perceptual: PerceptualLoss | None = None, alpha: float | None = None,
+                         lambda_l1: float | None = None,
+                         keras_ranges: Iterable[tuple[float, float]] = ((0, 255), (0, 1), (-1, 1)),
+                         ) -> dict[str, Any]:
+    """The three terms of seed eq. 1 on one batch, raw and weighted, with their gradients.
+
+    ``photos01``, ``comics01``: (N, 3, H, W) in [0, 1]. The generator and discriminator of
+    ``trainer`` run as in the G step (BatchNorm on the batch's statistics) but with dropout off
+    and nothing updated. ``perceptual``, ``alpha``, ``lambda_l1`` default to the trainer's;
+    pass a :class:`PerceptualLoss` to measure a trainer that has none. Returns floats:
+
+    * ``adv``: adversarial term (weight 1); ``l1``: mean |G(x) - y| in the course's [-1, 1]
+      units; ``l1_01``: the same in [0, 1] units (= l1 / 2: the units of a [0, 1] network such
+      as the seed's U-Res50); ``perc``: the perceptual loss as the course computes it (VGG
+      input ImageNet-standardised, ``(x - mean) / std``), ``perc_layers`` its per-layer parts;
+    * ``w_adv``, ``w_l1`` (= ``lambda_l1 * l1``), ``w_perc`` (= ``alpha * perc``), ``total``
+      and each weighted term's ``share_*`` of the total;
+    * ``grad_adv``, ``grad_l1``, ``grad_perc``: L2 norm of each weighted term's gradient with
+      respect to the generator output (what actually pulls on G);
+    * ``alpha_matching_l1``: the alpha at which ``alpha * perc`` would equal ``lambda_l1 * l1``;
+    * ``perc_keras``: {"lo-hi": perc} with the VGG input scaled as Keras's
+      ``vgg16.preprocess_input`` (which seed 003 used, sec. 3.3) scales images in the range
+      lo..hi: minus the 0-255 ImageNet mean, no division by a std, so ``(0, 255)`` feeds VGG
+      inputs about 58 times larger than the course's, ``(0, 1)`` (the seed's [0, 1] images
+      passed as they are) about 4 times smaller and shifted by about -115. Only for a VGG backbone (empty otherwise:
+      taef2 takes [0, 1] and has no such normalisation).
+
+    ``backbone`` names the perceptual network that ran (a substitute shows here).
+    """
+    G, D = trainer.generator, trainer.discriminator
+    perceptual = trainer.perceptual if perceptual is None else perceptual.to(trainer.device)
+    alpha = trainer.alpha if alpha is None else float(alpha)
+    lambda_l1 = trainer.lambda_l1 if lambda_l1 is None else float(lambda_l1)
+    photos01, comics01 = _eval_pairs((photos01, comics01))
+    photo = _to_model(photos01.to(trainer.device, torch.float32))
+    comic = _to_model(comics01.to(trainer.device, torch.float32))
+    with _inference_mode(G, D, batch_norm="batch"):
+        with torch.no_grad():
+            fake = G(photo)
+        fake = fake.detach().requires_grad_(True)
+        D.requires_grad_(False)
+        try:
+            parts = generator_loss(D(photo, fake), fake, comic, gan_loss=trainer.gan_loss,
+                                   perceptual=perceptual, lambda_l1=lambda_l1, alpha=alpha)
+            weighted = {"adv": parts["adv"], "l1": lambda_l1 * parts["l1"],
+                        "perc": alpha * parts["perc"]}
+            grads = {}
+            for k, term in weighted.items():
+                g = (torch.autograd.grad(term, fake, retain_graph=True, allow_unused=True)[0]
+                     if term.requires_grad else None)
+                grads[k] = 0.0 if g is None else float(g.norm())
+        finally:
+            D.requires_grad_(True)
+    out: dict[str, Any] = {
+        "adv": parts["adv"].item(), "l1": parts["l1"].item(), "l1_01": parts["l1"].item() / 2,
+        "perc": parts["perc"].item(), "lambda_l1": lambda_l1, "alpha": alpha,
+        **{f"w_{k}": v.item() for k, v in weighted.items()},
+    }
+    out["total"] = out["w_adv"] + out["w_l1"] + out["w_perc"]
+    for k in weighted:
+        out[f"share_{k}"] = out[f"w_{k}"] / out["total"] if out["total"] else float("nan")
+    out.update({f"grad_{k}": v for k, v in grads.items()})
+    out["alpha_matching_l1"] = out["w_l1"] / out["perc"] if out["perc"] > 0 else float("nan")
+    out["perc_layers"], out["perc_keras"], out["backbone"] = {}, {}, None
+    if perceptual is not None:
+        out["backbone"] = f"{perceptual.info.label()} {perceptual.criterion}"
+        pred01, target01 = _to_image(fake.detach()), _to_image(comic)
+        dist = F.mse_loss if perceptual.criterion == "mse" else F.l1_loss
+        with torch.no_grad():
+            fp, ft = perceptual.net(pred01), perceptual.net(target01)
+            out["perc_layers"] = {k: dist(fp[k], ft[k]).item() for k in perceptual.layers}
+            from .nst import VGGFeatures
+
+            if isinstance(perceptual.net, VGGFeatures):
+                for lo, hi in keras_ranges:
+                    out["perc_keras"][f"{lo:g}-{hi:g}"] = _keras_like_perc(
+                        perceptual.net, perceptual.criterion, perceptual.layers, pred01, target01,
+                        (float(lo), float(hi)))
+    return out

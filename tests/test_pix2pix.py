@@ -45,6 +45,48 @@ def test_unet_depth_follows_size_and_512_has_one_more_level():
         assert g(_pm1(1, 3, 512, 512)).shape == (1, 3, 512, 512)
 
 
+def _hand_count_unet(chans):
+    """Parameters of a pix2pix U-Net with encoder channels ``chans``, counted layer by layer:
+    4x4 convolutions (bias only where no BatchNorm follows), BatchNorm = 2 per channel."""
+    def conv(c_in, c_out, bias):
+        return 16 * c_in * c_out + (c_out if bias else 0)
+
+    n, total, c_in = len(chans), 0, 3
+    for i, c in enumerate(chans):                       # encoder
+        norm = 0 < i < n - 1
+        total += conv(c_in, c, bias=not norm) + (2 * c if norm else 0)
+        c_in = c
+    for j in range(n - 1, 0, -1):                       # decoder: ConvT (no bias) + BN
+        c_in = chans[j] if j == n - 1 else 2 * chans[j]
+        total += conv(c_in, chans[j - 1], bias=False) + 2 * chans[j - 1]
+    return total + conv(2 * chans[0], 3, bias=True)     # last ConvT to RGB
+
+
+def test_unet_512_has_the_seeds_extra_32_filter_level():
+    assert pix2pix.unet_channels(512) == [32, 64, 128, 256, 512, 512, 512, 512, 512]
+    assert pix2pix.unet_channels(256) == [64, 128, 256, 512, 512, 512, 512, 512]
+    with torch.device("meta"):
+        g = pix2pix.build_generator("unet", 512)
+    first = g.downs[0][0]
+    assert (first.in_channels, first.out_channels, first.kernel_size, first.stride) == (3, 32, (4, 4), (2, 2))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in g.downs[0])   # sees the image
+    assert g.downs[1][0].out_channels == 64 and isinstance(g.downs[1][1], nn.BatchNorm2d)
+    last_up = g.ups[-1][0]                                # back to 32 filters at 256 px ...
+    assert (last_up.in_channels, last_up.out_channels) == (128, 32)
+    assert g.final[0].in_channels == 64                   # ... + the 32-filter skip
+    assert pix2pix.count_parameters(g) == _hand_count_unet([32, 64, 128, 256] + [512] * 5) == 54_508_387
+    g = pix2pix.build_generator("unet", 512).eval()
+    with torch.no_grad():
+        assert g(_pm1(1, 3, 512, 512)).shape == (1, 3, 512, 512)
+
+
+def test_unet_256_and_128_are_unchanged_pix2pix():
+    with torch.device("meta"):
+        assert pix2pix.count_parameters(pix2pix.UNetGenerator(256)) == 54_414_531
+        assert pix2pix.count_parameters(pix2pix.UNetGenerator(128)) == 41_829_571
+    assert _hand_count_unet([64, 128, 256, 512, 512, 512, 512, 512]) == 54_414_531
+
+
 def test_unet_default_is_the_pix2pix_size():
     # 54 M parameters at 256 px (DESIGN.md's cost table); built on the meta device: no memory
     with torch.device("meta"):
