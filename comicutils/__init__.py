@@ -15,7 +15,7 @@ Modules, one concern each:
 * :mod:`comicutils.nst` - Gram-matrix neural style transfer (chapter 01).
 * :mod:`comicutils.pix2pix` - U-Net / U-Res9 / U-Res50 generators, PatchGAN, trainer (chapter 02).
 * :mod:`comicutils.cartoon` - the classical cartoon filter baseline (chapter 06).
-* :mod:`comicutils.animegan` - AnimeGANv2 generator and face2paint (seed 002 baseline).
+* :mod:`comicutils.animegan` - AnimeGANv2 generator and face2paint (the GAN project report baseline).
 * :mod:`comicutils.stylizers` - one interface (name, weights, parameters, __call__) for every method.
 * :mod:`comicutils.evaluation`, :mod:`comicutils.fid` - one table for all methods; FID and KID.
 * :mod:`comicutils.viz` - figures saved to ``figures/``.

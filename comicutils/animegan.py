@@ -1,4 +1,4 @@
-"""AnimeGANv2 (seed 002's fast GAN baseline): the generator, its weights, face2paint processing.
+"""AnimeGANv2 (the GAN project report's fast GAN baseline): the generator, its weights, face2paint processing.
 
 The PyTorch port of AnimeGANv2 (bryandlee/animegan2-pytorch) is a small feed-forward
 generator: a strided convolutional encoder, four inverted residual blocks (MobileNetV2-style,

@@ -212,7 +212,7 @@ def _full_mode_assets() -> list[Asset]:
     return [
         _asset("vgg16-imagenet", _TV + "vgg16-397923af.pth",
                "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", 553433881, tv,
-               "torchvision VGG-16 IMAGENET1K_V1: NST (seed 004), perceptual loss (seed 003), "
+               "torchvision VGG-16 IMAGENET1K_V1: NST (the Ding et al. report), perceptual loss (the Human-to-Anime report), "
                "LPIPS-VGG backbone", "torchvision/vgg16-397923af.pth", "torchvision"),
         _asset("vgg19-imagenet", _TV + "vgg19-dcbb9e9d.pth",
                "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44", 574673361, tv,
@@ -220,7 +220,7 @@ def _full_mode_assets() -> list[Asset]:
                "torchvision/vgg19-dcbb9e9d.pth", "torchvision"),
         _asset("resnet50-imagenet", _TV + "resnet50-0676ba61.pth",
                "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", 102530333, tv,
-               "torchvision ResNet-50 IMAGENET1K_V1: U-Res50 encoder (seed 003)",
+               "torchvision ResNet-50 IMAGENET1K_V1: U-Res50 encoder (the Human-to-Anime report)",
                "torchvision/resnet50-0676ba61.pth", "torchvision"),
         _asset("alexnet-imagenet", _TV + "alexnet-owt-7be5be79.pth",
                "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02", 244408911, tv,
@@ -237,7 +237,7 @@ def _full_mode_assets() -> list[Asset]:
                "https://github.com/bryandlee/animegan2-pytorch/raw/main/weights/face_paint_512_v2.pt",
                "06b88a204eb230889444ad868ee5608f4fce5d4ff7b7738acaa4209c2b8fdca7", 8601086,
                "MIT (bryandlee/animegan2-pytorch)",
-               "AnimeGANv2 generator, face_paint_512_v2 (seed 002 baseline)",
+               "AnimeGANv2 generator, face_paint_512_v2 (the GAN project report baseline)",
                "animegan/face_paint_512_v2.pt", "animegan"),
         _asset("stylegan2-ffhq-config-f",
                "https://huggingface.co/aaronb/StyleGAN2/resolve/main/stylegan2-ffhq-config-f.pt",

@@ -106,7 +106,7 @@ def pix2pix_from_chapter_02(size: int, train=None, *, quick_steps: int | None = 
     Looks for ``*.pt`` checkpoints in chapter 02's run folder (``run_dir("02")``) whose
     generator config says ``size``; each becomes a stylizer named ``"pix2pix <file stem>"``.
     When there is none (or in smoke mode), a U-Net (``quick_ngf`` filters; default 8 in smoke
-    mode, 64 otherwise) is trained with seed 003's losses for ``quick_steps`` steps (default 3
+    mode, 64 otherwise) is trained with the Human-to-Anime report's losses for ``quick_steps`` steps (default 3
     in smoke mode, 320 otherwise) on ``train`` (a :class:`~comicutils.data.PairSet` at
     ``size``; default :func:`course_training_pairs`), announced by a notice.
     """

@@ -5,7 +5,7 @@ Sources
 -------
 * **face2comics preview grids** (offline, real): each is a 10x10 grid of 256 px tiles; columns
   0-4 are photos and columns 5-9 the matching comics, so tile (r, c) pairs with (r, c + 5).
-  v2 ("darkish red" style, the data of seed 000) and v1 ("dark" style) hold 50 pairs each.
+  v2 ("darkish red" style, the data of the ComicDiff report) and v1 ("dark" style) hold 50 pairs each.
   Pair keys are ``"v2_r3c1"`` (row 3, photo column 1).
 * **face2comics full releases** (full mode, ~1 GB each): folders of photos and comics paired by
   file *basename*, never by listing order: :class:`PairedFolder`.
@@ -36,7 +36,7 @@ from .runtime import atomic_dir
 GRID_ASSETS = {"v2": "face2comics-v2-preview", "v1": "face2comics-v1-preview"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_TEST_FRACTION = 0.2
-"""Held-out share for the 50-pair preview grids (10 test pairs). Seed 000 used 0.05 on 10,000."""
+"""Held-out share for the 50-pair preview grids (10 test pairs). The ComicDiff report used 0.05 on 10,000."""
 SPLIT_SEED = 0
 
 
@@ -160,7 +160,7 @@ def train_test_pairs(pairs: PairSet, test_fraction: float = DEFAULT_TEST_FRACTIO
 class JointAugment:
     """The same random geometry and colour change applied to a photo and its comic.
 
-    Seed 003 augments with rotation, cropping, and contrast/saturation/hue/brightness changes.
+    The Human-to-Anime report augments with rotation, cropping, and contrast/saturation/hue/brightness changes.
     Geometry (flip, rotation, zoom-crop, shift) is one affine warp with reflection padding,
     identical for both images, so pixels stay aligned. Colour jitter uses one set of factors
     for both (``jitter_comic=False`` changes only the photo, teaching robustness to input
@@ -448,7 +448,7 @@ def _image_dirs(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- face datasets
 def build_face_dataset(sources, out_dir: str | os.PathLike, *, min_side: int = 256,
                        out_size: int = 512, enlarge: float | None = None):
-    """Seed 003's data step: a folder of face crops built from arbitrary images.
+    """The Human-to-Anime report's data step: a folder of face crops built from arbitrary images.
 
     ``sources``: a folder of images, or a list of image paths. For each image the largest
     Haar face (scaleFactor 1.1, minNeighbors 4) is enlarged, kept if its side is at least

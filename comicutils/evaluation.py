@@ -5,7 +5,7 @@ times it, and scores its outputs against the artist's comics with
 :func:`comicutils.metrics.score_pairs` (SSIM, PSNR, MSE, FSIM, LPIPS-VGG, LPIPS-Alex; LPIPS is
 "n/a" without its ImageNet backbones) plus the identity distance to the input photo. Each
 row also names the run mode, the weights the method used and its parameter count. Two columns
-come from write-up 002's metrics (:mod:`comicutils.gan`): ``style_acc``, the share of a
+come from the GAN project report's metrics (:mod:`comicutils.gan`): ``style_acc``, the share of a
 method's outputs a photo / comic v1 / comic v2 style classifier labels "comic v2", and ``is``,
 the Inception Score of the outputs ("n/a" without the FID Inception weights).
 

@@ -44,7 +44,7 @@ SAME_PERSON_THRESHOLD = 0.6
 
 HAAR_SCALE_FACTOR = 1.1
 HAAR_MIN_NEIGHBORS = 4
-"""Seed 003's Haar settings: the trade-off between missed faces and false positives."""
+"""The Human-to-Anime report's Haar settings: the trade-off between missed faces and false positives."""
 
 MARGIN_K = 0.15
 MARGIN_MIN = 0.2
@@ -246,7 +246,7 @@ def detect_faces_haar(image: Any, *, scale_factor: float = HAAR_SCALE_FACTOR,
     """Frontal faces found by OpenCV's Haar cascade, largest first (``[]`` when none).
 
     ``image``: an image-like or a (3, H, W) / (1, 3, H, W) tensor in [0, 1]. Detection runs on
-    the grey image with seed 003's ``scale_factor`` 1.1 and ``min_neighbors`` 4; faces smaller
+    the grey image with the Human-to-Anime report's ``scale_factor`` 1.1 and ``min_neighbors`` 4; faces smaller
     than ``min_size`` px are not searched for. Boxes are square (the cascade's window).
     """
     if scale_factor <= 1.0:
@@ -258,7 +258,7 @@ def margin_fraction(box: Box, image_size: tuple[int, int] | int) -> float:
     """The margin :func:`enlarge_box` adds on each side, as a fraction of the box side.
 
     ``clip(MARGIN_K / r, MARGIN_MIN, MARGIN_MAX)`` with r = box side / shorter image side:
-    inversely proportional to the face's size (seed 003), so a small face gets up to half its
+    inversely proportional to the face's size (the Human-to-Anime report), so a small face gets up to half its
     side on each side (room for hair and chin) and a face filling the frame at least a fifth.
     Using the size relative to the image makes the crop independent of the resolution.
     """
@@ -329,7 +329,7 @@ class FaceCropReport:
 def crop_faces_haar(images: Any, *, min_side: int = 256, out_size: int = 512,
                     enlarge: float | None = None, scale_factor: float = HAAR_SCALE_FACTOR,
                     min_neighbors: int = HAAR_MIN_NEIGHBORS) -> FaceCropReport:
-    """Seed 003's data step: one enlarged Haar face crop per image, resized to ``out_size``.
+    """The Human-to-Anime report's data step: one enlarged Haar face crop per image, resized to ``out_size``.
 
     ``images``: a tensor (N, 3, H, W) in [0, 1], a list of image-likes (sizes may differ), a
     mapping ``{id: image-like}``, or one image-like. Ids are the mapping's keys, else the

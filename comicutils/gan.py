@@ -1,4 +1,4 @@
-"""Write-up 002's own GANs: a 64 px DCGAN, its conditional (style-label) variant, and the
+"""The GAN project report's own GANs: a 64 px DCGAN, its conditional (style-label) variant, and the
 measures the write-up reports for them (Style Classification Accuracy, Inception Score).
 
 Conventions
@@ -11,7 +11,7 @@ Conventions
 * Noise ``z`` is (N, ``nz``) standard normal. Style labels are integers indexing
   :data:`STYLE_LABELS` (``0`` photo, ``1`` comic v1, ``2`` comic v2).
 
-The architecture (write-up 002, "custom pipeline")
+The architecture (the GAN project report, "custom pipeline")
 --------------------------------------------------
 Generator ``z -> Linear -> (C0, 8, 8) -> [Upsample x2, Conv 3x3, BatchNorm2d, ReLU] x 3 ->
 Conv 3x3 -> Tanh`` gives 64 x 64 images. The write-up names the Linear layer, the
@@ -26,7 +26,7 @@ it is real. :meth:`DCGANDiscriminator.logits` gives the value before the Sigmoid
 it with ``binary_cross_entropy_with_logits``, which is the same BCE on the Sigmoid's output,
 computed without its rounding problems near 0 and 1.
 
-The conditional GAN (write-up 002, "multiple styles")
+The conditional GAN (the GAN project report, "multiple styles")
 -----------------------------------------------------
 * Generator: a learned label embedding (``embed_dim`` numbers per style) is **concatenated to
   the noise** before the Linear layer (Mirza & Osindero, 2014). Because the embedding is a
@@ -39,7 +39,7 @@ Measures
 --------
 * :class:`StyleClassifier` — a small CNN over photo / comic v1 / comic v2, trained on the
   course's *training* pairs only (:func:`style_dataset`); :func:`style_accuracy` is the share
-  of images it assigns to a target style (write-up 002: "Style Classification Accuracy").
+  of images it assigns to a target style (the GAN project report: "Style Classification Accuracy").
 * :func:`inception_score` — ``exp(E_x KL(p(y|x) || p(y)))`` from class probabilities, mean and
   std over splits (Salimans et al., 2016); :func:`inception_probabilities` gets ``p(y|x)``
   from the FID Inception (:mod:`comicutils.fid`) when its weights are here, and raises
@@ -558,7 +558,7 @@ def _label_index(label: int | str, classes: Sequence[str]) -> int:
 def style_accuracy(images01: torch.Tensor, target_label: int | str, classifier: StyleClassifier) -> float:
     """Share of ``images01`` (N, 3, H, W) in [0, 1] that ``classifier`` assigns to ``target_label``.
 
-    ``target_label``: an index or a class name (e.g. ``"comic v2"``). In [0, 1]; write-up 002
+    ``target_label``: an index or a class name (e.g. ``"comic v2"``). In [0, 1]; the GAN project report
     reports this as "Style Classification Accuracy" (91.57 %).
     """
     if len(images01) == 0:

@@ -18,7 +18,7 @@ and reported PSNR 8.9 dB. Every metric here depends on the value range, so the r
 ``psnr``       ``skimage.metrics.peak_signal_noise_ratio`` with ``data_range=1.0``, in dB:
                ``10 log10(1 / MSE)``. Identical images give ``inf`` (no warning).
 ``mse``        mean over C, H, W of the squared difference of [0, 1] values.
-``rmse``       ``sqrt(mse)``, in [0, 1] units (seed 003 reports it in [0, 255] units).
+``rmse``       ``sqrt(mse)``, in [0, 1] units (the Human-to-Anime report reports it in [0, 255] units).
 ``mae``        mean absolute difference of [0, 1] values (pix2pix's L1).
 ``fsim``       ``piq.fsim(..., data_range=1.0, chromatic=True, reduction='none')`` (FSIMc).
                1 = identical; in (0, 1] otherwise. Needs both sides >= 7 px: piq itself only

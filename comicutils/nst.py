@@ -1,6 +1,6 @@
 """Neural style transfer (Gatys et al.) with Gram matrices: chapter 01.
 
-The method, in the words of seed 004: pass the style image through a frozen CNN and keep the
+The method, in the words of the Ding et al. report: pass the style image through a frozen CNN and keep the
 Gram matrices of the first layers' feature maps (texture statistics); pass the content image
 through the same network and keep a deeper layer's feature maps (structure); then optimise
 the *pixels* of an output image so that
@@ -12,7 +12,7 @@ is minimal. Nothing is trained; the network only measures.
 Backbones (``backbone=``)
 -------------------------
 ============== ==================================================================
-``"vgg16"``    VGG-16 ImageNet (seed 004); weights ``assets.fetch("vgg16-imagenet")``
+``"vgg16"``    VGG-16 ImageNet (the Ding et al. report); weights ``assets.fetch("vgg16-imagenet")``
 ``"vgg19"``    VGG-19 ImageNet (Gatys et al. 2016); ``"vgg19-imagenet"``
 ``"taef2"``    the TAESD taef2 encoder's blocks (real learned features, offline)
 ``"vgg16-random"``, ``"vgg19-random"``  VGG with explicit random (Kaiming) weights: the
@@ -77,7 +77,7 @@ TAEF2_HUMAN = "TAESD taef2 encoder features (pretrained, offline)"
 BACKBONES = ("vgg16", "vgg19", "taef2", "vgg16-random", "vgg19-random")
 
 DEFAULT_LAYERS: dict[str, dict[str, tuple[str, ...]]] = {
-    # seed 004: style from the first five conv layers, content from the fifth and sixth
+    # the Ding et al. report: style from the first five conv layers, content from the fifth and sixth
     "vgg16": {"style": ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
               "content": ("conv3_1", "conv3_2")},
     # Gatys et al. 2016
@@ -112,7 +112,7 @@ a starting point -- re-run the sweep when the weights are available.
 
 
 def seed_style_weight(seed_weight: float, backbone: str = "taef2") -> float:
-    """Translate one of seed 004's style weights (10, 100, 5000) into this module's units.
+    """Translate one of the Ding et al. report's style weights (10, 100, 5000) into this module's units.
 
     Calibration (taef2, default layers, Adam lr 0.02 from the content image, 200 steps,
     256 px; content = face2comics v2 photo ``v2_r0c0``, style = comic ``v2_r1c2``):
@@ -439,7 +439,7 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, backbone: str | nn.Mo
     (``lr`` default 1; ``max_iter=1``, no line search, so **one step = one optimiser step =
     one forward/backward pass** for both). The image is optimised directly in pixel space and
     clamped to [0, 1] after every step. ``init``: ``"content"`` (a copy of the content
-    image) or ``"noise"`` (uniform noise, as seed 004; seeded). ``snapshots``: steps after which
+    image) or ``"noise"`` (uniform noise, as the Ding et al. report; seeded). ``snapshots``: steps after which
     to keep a copy (0 = the start). A non-finite loss raises ``FloatingPointError``.
     """
     if optimizer not in ("adam", "lbfgs"):

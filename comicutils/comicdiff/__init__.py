@@ -1,4 +1,4 @@
-"""ComicDiff (seed 000): a Stable Diffusion U-Net fine-tuned with LoRA for single-step
+"""ComicDiff (the ComicDiff report): a Stable Diffusion U-Net fine-tuned with LoRA for single-step
 photo -> comic translation, ẑ_y = z_x + α · U(z_x, t=1, c), ŷ = D(ẑ_y).
 
 * :mod:`.components` — the frozen parts: SD 2.1 through diffusers, or the offline path (taef2

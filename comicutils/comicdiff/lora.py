@@ -6,7 +6,7 @@ r · (d_in + d_out) parameters per layer. Targets:
 
 * ``ATTENTION`` — ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of every self- and cross-attention
   (the default; on SD 2.1 at r = 8: 1,659,904 trainable of 865,910,724, 0.19 %);
-* ``FEED_FORWARD`` — the transformer blocks' ``ff.net.0.proj`` and ``ff.net.2`` (seed 000 adds
+* ``FEED_FORWARD`` — the transformer blocks' ``ff.net.0.proj`` and ``ff.net.2`` (the ComicDiff report adds
   "selected feed-forward layers"; switch on with ``feed_forward=True``).
 
 Adapters are saved alone (never the U-Net) as ``pytorch_lora_weights.safetensors`` in the

@@ -1,10 +1,10 @@
-"""ComicDiff: single-step latent translation ẑ_y = z_x + α · U(z_x, t, c), ŷ = D(ẑ_y) (seed 000).
+"""ComicDiff: single-step latent translation ẑ_y = z_x + α · U(z_x, t, c), ŷ = D(ẑ_y) (the ComicDiff report).
 
 Forward, for photos x (N, 3, H, W) in [0, 1]:
 
 1. z_x = E(x)                      frozen codec (VAE posterior mean × scaling factor)
 2. Δz  = U(z_x, t, c)              the U-Net with its LoRA adapter, at a fixed timestep t
-                                    (seed 000: t = 1) and the cached prompt embedding c
+                                    (the ComicDiff report: t = 1) and the cached prompt embedding c
 3. ẑ_y = z_x + α · Δz              α blends the learned residual (α = 0: the VAE reconstruction)
 4. ŷ   = D(ẑ_y)                    frozen decoder, clamped to [0, 1]
 
@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_TIMESTEP", "ComicDiff", "PerceptualDistance", "ComicDiffLoss
            "load_translator", "img2img", "unet_calls_img2img", "translate_faces"]
 
 DEFAULT_TIMESTEP = 1
-"""Seed 000 runs the U-Net once at t = 1 (the least-noisy training timestep)."""
+"""The ComicDiff report runs the U-Net once at t = 1 (the least-noisy training timestep)."""
 
 
 def _base_dtype(module: nn.Module) -> torch.dtype:
@@ -191,7 +191,7 @@ def perceptual_loss(kind: str = "auto", device: str | torch.device | None = None
 
 
 class ComicDiffLoss(nn.Module):
-    """MSE(ŷ, y) + λ · perceptual(ŷ, y) in pixel space, both images in [0, 1] (seed 000: λ = 0.8).
+    """MSE(ŷ, y) + λ · perceptual(ŷ, y) in pixel space, both images in [0, 1] (the ComicDiff report: λ = 0.8).
 
     Returns a dict of scalars: ``loss``, ``mse``, ``perceptual``.
     """

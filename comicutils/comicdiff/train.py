@@ -4,7 +4,7 @@ The same :func:`train_lora` runs in a notebook on one CPU and on several GPUs::
 
     accelerate launch -m comicutils.comicdiff.train --data DIR --out runs/comicdiff --rank 8
 
-Seed 000's settings are the defaults of :class:`TrainConfig` (AdamW, lr 1e-5, batch 4, 5 epochs,
+The ComicDiff report's settings are the defaults of :class:`TrainConfig` (AdamW, lr 1e-5, batch 4, 5 epochs,
 loss MSE + 0.8 · LPIPS-VGG, t = 1, AMP on GPU); the notebook says what it changed for CPU.
 A checkpoint is one folder written as a unit (``checkpoint-latest``; the one it replaces is kept
 as ``checkpoint-latest.previous``): Accelerate's ``save_state`` (optimizer, random states) with a
@@ -224,7 +224,7 @@ def denoising_error(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, sc
 # --------------------------------------------------------------------------- LoRA training
 @dataclass
 class TrainConfig:
-    """LoRA fine-tuning settings. Defaults are seed 000's (rank 8, AdamW lr 1e-5, batch 4,
+    """LoRA fine-tuning settings. Defaults are the ComicDiff report's (rank 8, AdamW lr 1e-5, batch 4,
     5 epochs, λ_LPIPS 0.8, t = 1, mixed precision where a GPU is present)."""
 
     rank: int = 8
@@ -562,7 +562,7 @@ def _parser() -> argparse.ArgumentParser:
                    "--data (listed) instead of refusing to start")
     p.add_argument("--size", type=int, default=None, help="training size in px (default: 768, SD 2.1's native "
                    "size and the report's, on Stable Diffusion 2.1; 256 on the offline path)")
-    p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (seed 000: 5 %%)")
+    p.add_argument("--test-fraction", type=float, default=0.05, help="held-out fraction (the ComicDiff report: 5 %%)")
     for f in ("rank", "batch_size", "epochs", "max_steps", "checkpoint_every", "seed", "adversarial_warmup"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(TrainConfig, f, None))
     for f in ("lr", "lpips_weight", "blend_alpha", "weight_decay", "adversarial_weight"):

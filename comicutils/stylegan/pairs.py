@@ -1,6 +1,6 @@
 """Paired data from two generators, and the measurements of chapter 03's tables.
 
-:func:`write_pairs` is seed 003's data step: the same seeds through ``G_base`` (photos) and the
+:func:`write_pairs` is the Human-to-Anime report's data step: the same seeds through ``G_base`` (photos) and the
 blended generator (comics), written as ``<out>/photos/<key>.png`` and ``<out>/comics/<key>.png``
 -- the layout :class:`comicutils.data.PairedFolder` reads (pairs matched by basename).
 """

@@ -8,7 +8,7 @@
 * :class:`GANTrainer`: non-saturating logistic GAN loss, lazy R1 penalty on real images, style
   mixing regularisation (two latents per image, cut at a random layer), an exponential moving
   average of the generator (``G_ema``, what is sampled from). ``extra_losses`` adds weighted
-  terms to the generator step -- that is how seed 001's fine-tuning constraints plug in:
+  terms to the generator step -- that is how Lu & Zhou's fine-tuning constraints plug in:
   :func:`semantic_term` (``L_semantic(G(z), G'(z))``) and :func:`paired_term`
   (``LPIPS(G'(w+), S)``).
 
@@ -397,7 +397,7 @@ def _check_fits(module: nn.Module, state: Mapping[str, Any], what: str) -> None:
         raise ValueError(f"{what} does not fit this network ({len(wrong)} keys differ, e.g. {', '.join(wrong[:4])})")
 
 
-# --------------------------------------------------------------------------- seed 001's constraints
+# --------------------------------------------------------------------------- Lu & Zhou's constraints
 def semantic_term(G_frozen: Generator, loss: nn.Module, *, psi: float = 1.0, batch: int | None = None) -> ExtraLoss:
     """``L_semantic(G(z), G'(z))`` with the same z for the frozen pretrained G and the trained G'
     (``batch`` latents per step; default the trainer's batch size)."""
@@ -434,13 +434,13 @@ def finetune(G_base: Generator, D_base: Discriminator, comics: torch.Tensor, ste
              pairs: tuple[torch.Tensor, torch.Tensor] | None = None, paired_loss: nn.Module | None = None,
              lambda_paired: float = 1.0, constraint_batch: int | None = None, desc: str = "fine-tuning",
              **trainer_kwargs) -> GANTrainer:
-    """Fine-tune copies of ``G_base`` / ``D_base`` on ``comics`` (seed 001, eq. 3).
+    """Fine-tune copies of ``G_base`` / ``D_base`` on ``comics`` (Lu & Zhou's write-up, eq. 3).
 
     ``L = L_adv + lambda_semantic L_semantic + lambda_paired L_paired``: pass ``semantic`` (a
     :class:`~comicutils.stylegan.losses.SemanticLoss`) for +SC, ``pairs = (w+, S)`` and
     ``paired_loss`` for +PC, neither for the Toonify baseline. The inputs are not modified;
     the fine-tuned generator is ``trainer.G_ema``. ``constraint_batch``: latents / pairs per
-    step for the two constraints (seed 001 fine-tunes with batch 4); default the GAN batch.
+    step for the two constraints (Lu & Zhou's write-up fine-tunes with batch 4); default the GAN batch.
     """
     extra = {}
     if semantic is not None:
