@@ -5,9 +5,9 @@ Gram matrices of the first layers' feature maps (texture statistics); pass the c
 through the same network and keep a deeper layer's feature maps (structure); then optimise
 the *pixels* of an output image so that
 
-    L = alpha * L_content + beta * L_style (+ gamma * L_tv)
+    L = λ_c · L_content + λ_s · L_style (+ λ_tv · L_tv)
 
-is minimal. Nothing is trained; the network only measures.
+is minimal (Gatys et al. call λ_c and λ_s α and β; the course keeps α for ComicDiff's blend). Nothing is trained; the network only measures.
 
 Backbones (``backbone=``)
 -------------------------
@@ -432,8 +432,8 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, backbone: str | nn.Mo
     the content's H x W. Neither is modified. ``backbone``: a name from :data:`BACKBONES`
     (resolved with :func:`resolve_backbone`; VGG may fall back to taef2 with a banner), or a
     module returning ``{layer: features}`` (then give ``style_layers`` and
-    ``content_layers``). ``style_weight`` (beta) defaults to :data:`DEFAULT_STYLE_WEIGHT` of the
-    backbone that actually runs; ``content_weight`` is alpha.
+    ``content_layers``). ``style_weight`` (λ_s) defaults to :data:`DEFAULT_STYLE_WEIGHT` of the
+    backbone that actually runs; ``content_weight`` is λ_c.
 
     ``optimizer``: ``"adam"`` (``lr`` default 0.02, in [0, 1] pixel units) or ``"lbfgs"``
     (``lr`` default 1; ``max_iter=1``, no line search, so **one step = one optimiser step =
