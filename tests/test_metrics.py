@@ -354,3 +354,15 @@ def test_mae_is_the_mean_absolute_difference():
     y = x.clone()
     y[0] += 0.2
     assert torch.allclose(metrics.mae(y, x), torch.tensor([0.2, 0.0], dtype=torch.float64))
+
+
+def test_sharpness_and_edge_density_see_lines_and_blur():
+    from comicutils.metrics import edge_density, sharpness
+
+    x = torch.full((1, 3, 32, 32), 0.8)
+    x[..., 15:17, :] = 0.0                                    # one dark ink line
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    assert sharpness(x) > sharpness(blurred) > sharpness(flat) == 0
+    assert edge_density(x) > edge_density(blurred) and edge_density(flat) == 0
+    assert 0 < edge_density(x).item() < 0.3 and sharpness(torch.rand(2, 3, 16, 16)).shape == (2,)
