@@ -24,6 +24,8 @@ from .pairs import (feature_frechet_distance, identity_distance_between, pair_ke
                     upsample_for_display, write_pairs)
 from .train import (Discriminator, GANTrainer, LatentFit, diff_augment, finetune, fit_reconstruction, paired_term,
                     reconstruction_term, semantic_term)
+from .dual import (SEED004_COMPARISON, DualFit, DualStyleGenerator, ModRes, comparison_rows, exemplar_code,
+                   load_dual, photo_code, save_dual, stylize_with_exemplar, summarize_comparison, train_dual)
 
 FFHQ_ASSET = "stylegan2-ffhq-config-f"
 
