@@ -401,3 +401,81 @@ def test_ffhq_stand_in_is_announced_and_full_mode_refuses(monkeypatch):
     monkeypatch.setenv("COMICUTILS_MODE", "full")
     with pytest.raises(assets.AssetUnavailable):
         sg.ffhq_or_none()
+
+
+# --------------------------------------------------------------------------- the V space
+def test_closed_form_basis_is_orthonormal_along_the_modulation_singular_vectors():
+    G = tiny(16)
+    E = sg.closed_form_basis(G)
+    assert E.shape == (G.style_dim, G.style_dim)
+    torch.testing.assert_close(E.T @ E, torch.eye(G.style_dim), atol=1e-5, rtol=0)
+    A = torch.cat([v for k, v in G.state_dict().items()
+                   if "modulation" in k and k.endswith("weight") and "to_rgbs" not in k]).double()
+    gram = A.T @ A
+    moved = (gram @ E.double()).norm(dim=0)             # |A^T A e_k| = sigma_k^2, strongest first
+    assert torch.all(moved[:-1] >= moved[1:] - 1e-6)
+    torch.testing.assert_close(gram @ E.double(), E.double() * moved, atol=1e-4, rtol=1e-4)
+
+
+def test_v_inversion_is_w_in_the_closed_form_basis_and_lowers_the_loss():
+    G = tiny(16)
+    target = G.generate([11])
+    start = sg.invert_v(G, target, steps=0)
+    torch.testing.assert_close(start.wplus, G.to_wplus(G.w_avg[None]), atol=1e-5, rtol=0)
+    inv = sg.invert_v(G, target, steps=40, lr=0.1)
+    assert inv.space == "v" and inv.latent.shape == (1, G.style_dim)
+    w = inv.latent @ inv.basis.T
+    torch.testing.assert_close(inv.wplus, G.to_wplus(w))
+    assert inv.final_loss.item() < 0.5 * start.final_loss.item()
+    assert not any(p.requires_grad for p in G.parameters())
+    with pytest.raises(ValueError, match="basis"):
+        sg.invert_v(G, target, basis=torch.eye(3), steps=1)
+    with pytest.raises(ValueError, match="16x16"):
+        sg.invert_v(G, torch.rand(1, 3, 8, 8), steps=1)
+
+
+def _pooled_extractor(block):
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+
+    class Ex(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return {block: torch.relu(self.conv(x))}
+
+    return Ex()
+
+
+class _Flat(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+
+def test_style_set_distances_give_fid_whenever_the_inception_is_there(monkeypatch):
+    from comicutils import fid
+    from comicutils.metrics import MetricUnavailable
+
+    style, other = torch.rand(6, 3, 16, 16), torch.rand(5, 3, 16, 16) * 0.5
+    with_fid = sg.StyleSetDistances(style, fid_extractor=_Flat(), fd_extractor=_pooled_extractor(13), fd_size=16)
+    got = with_fid(other)
+    assert with_fid.has_fid and with_fid.fid_unavailable is None
+    assert got["FID"] == pytest.approx(fid.fid(other, style, _Flat()))
+    assert got["FD taef2"] > 0 and with_fid(style)["FID"] == pytest.approx(0.0, abs=1e-6)
+
+    def missing():
+        raise MetricUnavailable("FID/KID n/a: no weights here")
+
+    monkeypatch.setattr(fid, "fid_inception", missing)
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")
+    without = sg.StyleSetDistances(style, fd_extractor=_pooled_extractor(13), fd_size=16)
+    got = without(other)
+    assert not without.has_fid and "no weights" in without.fid_unavailable
+    assert got["FID"] != got["FID"] and got["FD taef2"] == pytest.approx(with_fid(other)["FD taef2"])
+    monkeypatch.setenv("COMICUTILS_MODE", "full")
+    with pytest.raises(MetricUnavailable):
+        sg.StyleSetDistances(style, fd_extractor=_pooled_extractor(13), fd_size=16)
+    with pytest.raises(ValueError, match="2 images"):
+        sg.StyleSetDistances(style[:1], fid=False, fd_extractor=_pooled_extractor(13))

@@ -27,6 +27,9 @@ from .train import (Discriminator, GANTrainer, LatentFit, diff_augment, finetune
 from .dual import (SEED004_COMPARISON, DualFit, DualStyleGenerator, ModRes, comparison_rows, exemplar_code,
                    load_dual, photo_code, save_dual, stylize_with_exemplar, summarize_comparison, train_dual)
 
+from .invert import closed_form_basis, invert_v
+from .losses import StyleSetDistances
+
 FFHQ_ASSET = "stylegan2-ffhq-config-f"
 
 

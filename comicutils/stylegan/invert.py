@@ -22,6 +22,13 @@ partner P from the same latent:
 
 Each level gives (P_k, S) and its latent w_k+, which the pseudo-paired loss
 ``LPIPS(G'(w_k+), S)`` uses during fine-tuning.
+
+**The V space** (Lu & Zhou's choice for reference images, after Huang, Liao and Kwong's
+UI2I-style inversion) is W written in another basis: the right singular vectors of the
+generator's stacked modulation weights (:func:`closed_form_basis`, Shen & Zhou's closed-form
+factorization of latent semantics), so ``w = v @ E.T``. Computed from the weights, not trained;
+the basis is orthonormal, so V reaches exactly the images W reaches -- what changes is the
+coordinate system in which Adam takes its per-coordinate steps. :func:`invert_v` inverts there.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ class Inversion:
     images: torch.Tensor
     losses: list[float] = field(default_factory=list)
     final_loss: torch.Tensor | None = None      # (N,) after the last step
+    basis: torch.Tensor | None = None           # space "v" only: (D, D), w = latent @ basis.T
 
 
 def latent_to_wplus(G: Generator, latent: torch.Tensor, space: str, psi: float = 1.0) -> torch.Tensor:
@@ -92,19 +100,26 @@ def invert(G: Generator, targets: torch.Tensor, *, space: str = "w+", steps: int
     if targets.shape[-1] != G.size or targets.shape[-2] != G.size:
         raise ValueError(f"targets must be {G.size}x{G.size} for this generator; got {tuple(targets.shape)}")
     n = targets.shape[0]
-    dev = G.w_avg.device
-    targets = targets.to(dev)
     if init is None:
         init = initial_latent(G, n, space, seed=seed)
     elif space == "w" and init.ndim == 3:
         init = init.mean(1)
+    return _optimise(G, targets, init, lambda latent: latent_to_wplus(G, latent, space, psi), space=space,
+                     steps=steps, lr=lr, loss=loss, desc=desc or f"inversion in {space.upper()}")
+
+
+def _optimise(G: Generator, targets: torch.Tensor, init: torch.Tensor, to_wplus: Callable, *, space: str,
+              steps: int, lr: float, loss: Loss, desc: str, basis: torch.Tensor | None = None) -> Inversion:
+    """Adam on ``latent`` (started at ``init``) with ``G`` frozen; ``to_wplus(latent)`` -> (N, L, D)."""
+    dev = G.w_avg.device
+    targets = targets.to(dev)
     latent = init.detach().clone().to(dev).requires_grad_(True)
     was_training = G.training
     G.eval().requires_grad_(False)
     opt = torch.optim.Adam([latent], lr=lr)
     losses = []
-    for _ in progress(range(steps), desc=desc or f"inversion in {space.upper()}"):
-        pred = G.synthesis(latent_to_wplus(G, latent, space, psi))
+    for _ in progress(range(steps), desc=desc):
+        pred = G.synthesis(to_wplus(latent))
         value = loss(pred, targets)
         opt.zero_grad(set_to_none=True)
         value.sum().backward()
@@ -112,10 +127,54 @@ def invert(G: Generator, targets: torch.Tensor, *, space: str = "w+", steps: int
         losses.append(float(value.detach().mean()))
     G.train(was_training)
     with torch.no_grad():
-        wplus = latent_to_wplus(G, latent, space, psi)
+        wplus = to_wplus(latent)
         images = G.synthesis(wplus)
         final = loss(images, targets).reshape(-1)
-    return Inversion(space, latent.detach(), wplus.detach(), images.cpu(), losses, final.cpu())
+    return Inversion(space, latent.detach(), wplus.detach(), images.cpu(), losses, final.cpu(),
+                     None if basis is None else basis.detach().cpu())
+
+
+# --------------------------------------------------------------------------- the V space
+def closed_form_basis(G: Generator) -> torch.Tensor:
+    """Orthonormal basis (D, D) of W, one direction per column, strongest first.
+
+    Shen & Zhou's closed-form factorization: every style modulation maps w linearly to the
+    scales of one layer's input channels, ``s = A w + b``; stacking the ``A`` of the synthesis
+    convolutions (every ``modulation.weight`` except the ``to_rgbs``' -- rosinality's
+    ``closed_form_factorization.py`` rule) gives a matrix whose right singular vectors are the
+    directions of W that move the styles most. Sign and order follow ``torch.linalg.svd``.
+    """
+    weights = [v for k, v in G.state_dict().items()
+               if "modulation" in k and k.endswith("weight") and "to_rgbs" not in k]
+    if not weights:
+        raise ValueError("this generator has no modulation weights")
+    A = torch.cat(weights, 0).detach().double().cpu()
+    _, _, vh = torch.linalg.svd(A, full_matrices=False)
+    if vh.shape[0] != G.style_dim:
+        raise ValueError(f"the stacked modulation weights have fewer than {G.style_dim} rows; no full basis")
+    return vh.T.to(torch.float32).to(G.w_avg.device)
+
+
+def invert_v(G: Generator, targets: torch.Tensor, *, basis: torch.Tensor | None = None, steps: int = 200,
+             lr: float = 0.05, loss: Loss = mse_loss, init: torch.Tensor | None = None,
+             desc: str | None = None) -> Inversion:
+    """Invert ``targets`` in the V space: W coordinates along :func:`closed_form_basis` (``G``'s own
+    unless ``basis`` is given), ``w = v @ basis.T``, replicated over the layers.
+
+    The latent (N, D) starts at ``w_avg`` written in the basis, where a W inversion starts too,
+    unless ``init`` (v coordinates) is given; Huang et al.'s code starts from v close to 0. The
+    result's ``latent`` is v, its ``wplus`` the w repeated over the layers, its ``basis`` the basis.
+    """
+    check_image_tensor(targets, "inversion targets")
+    if targets.shape[-1] != G.size or targets.shape[-2] != G.size:
+        raise ValueError(f"targets must be {G.size}x{G.size} for this generator; got {tuple(targets.shape)}")
+    E = closed_form_basis(G) if basis is None else basis.to(G.w_avg.device)
+    if E.shape != (G.style_dim, G.style_dim):
+        raise ValueError(f"basis must be ({G.style_dim}, {G.style_dim}); got {tuple(E.shape)}")
+    if init is None:
+        init = (G.w_avg @ E)[None].repeat(targets.shape[0], 1)
+    return _optimise(G, targets, init, lambda v: G.to_wplus(v @ E.T), space="v", steps=steps, lr=lr,
+                     loss=loss, desc=desc or "inversion in V", basis=E)
 
 
 @dataclass

@@ -157,3 +157,64 @@ def _lpips_available() -> str | None:
     except MetricUnavailable as err:
         return str(err)
     return None
+
+
+class StyleSetDistances:
+    """Distances from sets of generated images to one fixed style set (Lu & Zhou's FID column).
+
+    ``measure(images) -> {"FID": ..., "FD taef2": ...}``:
+
+    * ``"FID"``: the Fréchet distance on the FID Inception's 2048-d pool features
+      (:mod:`comicutils.fid`) whenever its weights can be had -- from the cache, a mirror, or
+      test stand-ins put in force with ``COMICUTILS_STANDIN_CHECKSUMS``. Without them it is NaN
+      and ``fid_unavailable`` says why (FID is never computed on other features); ``full`` mode
+      raises :class:`~comicutils.metrics.MetricUnavailable` instead.
+    * ``"FD taef2"``: the same formula on pooled taef2 block-13 features at ``fd_size`` px -- a
+      different number, available offline, comparable only with itself.
+
+    The style set's features are computed once, at construction. ``fid_extractor`` and
+    ``fd_extractor`` replace the two networks (tests); ``fid=False`` skips FID altogether.
+    """
+
+    def __init__(self, style_images: torch.Tensor, *, fid: bool = True, fid_extractor: nn.Module | None = None,
+                 fd_extractor: nn.Module | None = None, fd_size: int = 64, fd_block: int = IDENTITY_BLOCK):
+        from .. import fid as fidlib
+        from ..metrics import MetricUnavailable
+
+        if len(style_images) < 2:
+            raise ValueError("a style set needs at least 2 images")
+        if fd_extractor is None:
+            from ..taesd import FeatureExtractor
+
+            fd_extractor = FeatureExtractor((fd_block,))
+        self.fd_extractor, self.fd_size, self.fd_block = fd_extractor.requires_grad_(False).eval(), fd_size, fd_block
+        self.fid_extractor: nn.Module | None = None
+        self.fid_unavailable: str | None = "FID not requested" if not fid else None
+        if fid:
+            try:
+                self.fid_extractor = fid_extractor if fid_extractor is not None else fidlib.fid_inception()
+            except MetricUnavailable as err:
+                if get_mode() == "full":
+                    raise
+                self.fid_unavailable = str(err)
+        self._fd_ref = self._fd_features(style_images)
+        self._fid_ref = None if self.fid_extractor is None else fidlib.features(style_images, self.fid_extractor)
+
+    @property
+    def has_fid(self) -> bool:
+        return self.fid_extractor is not None
+
+    @torch.no_grad()
+    def _fd_features(self, images: torch.Tensor) -> torch.Tensor:
+        from ..images import resize
+
+        x = resize(images, self.fd_size)
+        return torch.cat([self.fd_extractor(c)[self.fd_block].mean((2, 3)).cpu() for c in x.split(32)])
+
+    def __call__(self, images: torch.Tensor) -> dict[str, float]:
+        from .. import fid as fidlib
+
+        out = {"FID": float("nan"), "FD taef2": fidlib.frechet_distance(self._fd_features(images), self._fd_ref)}
+        if self.fid_extractor is not None:
+            out["FID"] = fidlib.frechet_distance(fidlib.features(images, self.fid_extractor), self._fid_ref)
+        return out
