@@ -405,6 +405,8 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
                           "(paired by basename, same seeded split)")
     sub.add_argument("--no-augment", action="store_true", help="no JointAugment")
     sub.add_argument("--no-resume", action="store_true", help="ignore an existing --out file")
+    sub.add_argument("--checkpoint-every", type=int_at_least(1), default=1, metavar="EPOCHS",
+                     help="write --out after every this many epochs (and at the end); default 1")
     sub.add_argument("--skip-bad", action="store_true", help="with PHOTO_DIR COMIC_DIR: train without the "
                      "unreadable or unpaired files (listed) instead of refusing to start")
     sub.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: the best available)")
@@ -444,7 +446,8 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
               f"{args.size} px on {trainer.device}: {len(dataset)} train pairs, {len(test)} "
               f"held out", flush=True)
         trainer.train(dataset, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
-                      checkpoint=args.out, resume=not args.no_resume, seed=args.seed)
+                      checkpoint=args.out, resume=not args.no_resume, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
         pred = pix2pix.translate(trainer.generator, test.photos)
         rows = [("pix2pix", pred), ("photo (identity)", test.photos)]
         print(f"held-out ({len(test)} pairs) after {trainer.step} steps, {trainer.epoch} epochs:")

@@ -830,7 +830,8 @@ class Pix2PixTrainer:
     def train(self, dataset, *, epochs: int | None = None, steps: int | None = None,
               batch_size: int = 1, sample_pairs=None, checkpoint: str | os.PathLike | None = None,
               resume: bool = True, show_progress: bool = True, seed: int = 0,
-              eval_pairs=None, eval_metrics: Iterable[str] = ("ssim", "psnr")) -> list[dict]:
+              eval_pairs=None, eval_metrics: Iterable[str] = ("ssim", "psnr"),
+              checkpoint_every: int = 1) -> list[dict]:
         """Train until ``epochs`` complete epochs and/or ``steps`` optimiser steps *in total*.
 
         ``dataset``: a :class:`comicutils.data.PairDataset` (or any map-style dataset of
@@ -845,7 +846,9 @@ class Pix2PixTrainer:
         pairs (PairSet, (photos, comics) or ``{"photo", "comic"}``, in [0, 1]) scored after every
         epoch with ``eval_metrics`` (names of :data:`comicutils.metrics.METRICS`); the row is
         appended to ``metric_history`` (see :meth:`evaluate`) before the checkpoint is written.
-        ``checkpoint``: a file written atomically after every epoch and at the end; with
+        ``checkpoint``: a file written atomically after every ``checkpoint_every``-th epoch and
+        at the end (a 512 px trainer state is several hundred MB, so a long run may save less
+        often: an interruption then repeats at most ``checkpoint_every`` epochs); with
         ``resume=True`` an existing one is loaded first (step count, history, metric history,
         both networks and optimisers). Returns ``history``.
         """
@@ -855,6 +858,8 @@ class Pix2PixTrainer:
             raise ValueError("give epochs=, steps= or both")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 epoch; got {checkpoint_every}")
         if eval_pairs is not None:
             eval_photos, eval_comics = _eval_pairs(eval_pairs)
             eval_metrics = _metric_names(eval_metrics)
@@ -906,8 +911,8 @@ class Pix2PixTrainer:
                     self.metric_history.append(
                         {"epoch": self.epoch, "step": self.step,
                          **self.evaluate(eval_photos, eval_comics, eval_metrics)})
-                if checkpoint is not None:
-                    self.save_checkpoint(checkpoint)
+                if checkpoint is not None and self.epoch % checkpoint_every == 0 and not done():
+                    self.save_checkpoint(checkpoint)     # the last one is written below
         finally:
             bar.close()
         if checkpoint is not None:

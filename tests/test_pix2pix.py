@@ -415,3 +415,19 @@ def test_translate_with_per_image_norm_stats_keeps_running_stats_and_is_determin
     assert not torch.allclose(pix2pix.translate(g, x, norm_stats="running"), a)
     with pytest.raises(ValueError):
         pix2pix.translate(g, x, norm_stats="batch")
+
+
+def test_checkpoint_every_n_epochs_saves_less_often_and_always_at_the_end(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run.pt"
+    ds = PairDataset(_pairs(2, 32))
+    trainer = _trainer()
+    saved = []
+    real_save = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path: (saved.append(trainer.epoch), real_save(path))[1])
+    trainer.train(ds, epochs=5, checkpoint=ckpt, checkpoint_every=2, show_progress=False)
+    assert saved == [2, 4, 5]                                   # every 2nd epoch, then the end, once
+    resumed = _trainer()
+    resumed.train(ds, epochs=5, checkpoint=ckpt, show_progress=False)
+    assert resumed.epoch == 5 and resumed.step == 10            # nothing left to do
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        _trainer().train(ds, epochs=1, checkpoint_every=0)
