@@ -14,7 +14,7 @@ from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID
                          SDVAECodec, TaefCodec, base_provenance, build_unet, fixed_prompt_embedding, hf_hub_cache, load_components,
                          load_denoiser, load_sd21, offline_components, save_denoiser, unet_fingerprint)
 from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_lora_parameters,
-                   load_adapter, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
+                   load_adapter, lora_config, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
 from .model import (DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, img2img, load_translator,
                     perceptual_loss, translate_faces, unet_calls_img2img)
 # .train is imported on first use, so that ``python -m comicutils.comicdiff.train`` runs it cleanly

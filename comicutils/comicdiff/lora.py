@@ -1,4 +1,8 @@
-"""LoRA on the U-Net with peft: ΔW = (alpha / r) · B · A, B initialised to zero.
+"""LoRA on the U-Net with peft: ΔW = κ · B · A with κ = lora_alpha / r, B initialised to zero.
+
+Naming: ``alpha`` in this module is peft's ``lora_alpha``; the course writes the scale it gives
+as κ = lora_alpha / r (notebook 00's table of symbols) and keeps α for ComicDiff's blend
+between the photo's latent and the predicted comic latent.
 
 For a targeted linear layer W (d_out x d_in) LoRA adds A (r x d_in, random) and B (d_out x r,
 zeros), so a fresh adapter changes nothing and training moves only A and B:
@@ -37,7 +41,8 @@ INFO_NAME = "comicdiff_adapter.json"
 
 def lora_config(rank: int = 8, alpha: float | None = None, *, feed_forward: bool = False,
                 init: str = "gaussian"):
-    """A peft ``LoraConfig``. ``alpha`` defaults to ``rank`` (scale alpha/r = 1). ``init`` is
+    """A peft ``LoraConfig``. ``alpha`` (peft's ``lora_alpha``) defaults to ``rank``, so the scale
+    κ = lora_alpha / r is 1. ``init`` is
     peft's: ``"gaussian"`` or ``True`` (Kaiming) for A; B always starts at zero. Initialising
     both to zero (a known ComicDiff bug: nothing can train) is refused."""
     from peft import LoraConfig

@@ -228,7 +228,7 @@ class TrainConfig:
     5 epochs, λ_LPIPS 0.8, t = 1, mixed precision where a GPU is present)."""
 
     rank: int = 8
-    lora_alpha: float | None = None          # default: = rank (scale 1)
+    lora_alpha: float | None = None          # peft's lora_alpha; default = rank, so the LoRA scale κ = lora_alpha / r = 1
     feed_forward: bool = True                # also adapt ff.net.0.proj / ff.net.2 (the ComicDiff report: attention and
                                              # selected feed-forward layers); False: attention only
     lr: float = 1e-5
@@ -236,7 +236,7 @@ class TrainConfig:
     batch_size: int = 4
     epochs: int = 5
     max_steps: int | None = None             # stop early (smoke runs, CPU budgets)
-    blend_alpha: float = 1.0                 # α used in the training forward
+    blend_alpha: float = 1.0                 # α, ComicDiff's photo/comic latent blend, in the training forward
     lpips_weight: float = 0.8
     perceptual: str = "auto"                 # "lpips-vgg", "taef2" or "auto"
     grad_clip: float | None = 1.0
