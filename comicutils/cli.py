@@ -448,7 +448,7 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
         trainer.train(dataset, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                       checkpoint=args.out, resume=not args.no_resume, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
-        pred = pix2pix.translate(trainer.generator, test.photos)
+        pred = pix2pix.translate(trainer.generator, test.photos, norm_stats="image")   # as stylize and evaluate
         rows = [("pix2pix", pred), ("photo (identity)", test.photos)]
         print(f"held-out ({len(test)} pairs) after {trainer.step} steps, {trainer.epoch} epochs:")
         for label, p in rows:

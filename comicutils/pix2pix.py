@@ -842,7 +842,8 @@ class Pix2PixTrainer:
         finishes the run. With both limits, training stops at the first one reached.
 
         ``sample_pairs``: fixed photos (PairSet, (photos, comics) or a tensor in [0, 1]) whose
-        translations are kept in ``samples[epoch]`` after every epoch. ``eval_pairs``: test
+        translations (per-image BatchNorm statistics, as :meth:`evaluate` and the CLI's ``stylize`` and
+        ``evaluate`` give) are kept in ``samples[epoch]`` after every epoch. ``eval_pairs``: test
         pairs (PairSet, (photos, comics) or ``{"photo", "comic"}``, in [0, 1]) scored after every
         epoch with ``eval_metrics`` (names of :data:`comicutils.metrics.METRICS`); the row is
         appended to ``metric_history`` (see :meth:`evaluate`) before the checkpoint is written.
@@ -883,7 +884,7 @@ class Pix2PixTrainer:
             total = min(total, max(steps, self.step))
         photos = _sample_photos(sample_pairs)
         if photos is not None and 0 not in self.samples and self.step == 0:
-            self.samples[0] = translate(self.generator, photos)
+            self.samples[0] = translate(self.generator, photos, norm_stats="image")
         name = self.config["generator"].get("name", "G")
         bar = progress(total=int(total), initial=self.step, desc=f"pix2pix {name}",
                        **({} if show_progress else {"disable": True}))
@@ -906,7 +907,7 @@ class Pix2PixTrainer:
                     break
                 self.epoch += 1
                 if photos is not None:
-                    self.samples[self.epoch] = translate(self.generator, photos)
+                    self.samples[self.epoch] = translate(self.generator, photos, norm_stats="image")
                 if eval_pairs is not None:
                     self.metric_history.append(
                         {"epoch": self.epoch, "step": self.step,

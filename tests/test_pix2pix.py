@@ -431,3 +431,13 @@ def test_checkpoint_every_n_epochs_saves_less_often_and_always_at_the_end(tmp_pa
     assert resumed.epoch == 5 and resumed.step == 10            # nothing left to do
     with pytest.raises(ValueError, match="checkpoint_every"):
         _trainer().train(ds, epochs=1, checkpoint_every=0)
+
+
+def test_training_samples_are_the_stylizers_pictures(tmp_path):
+    from comicutils import stylizers
+
+    photos = _pairs(2, 32, seed=4)
+    trainer = _trainer()
+    trainer.train(PairDataset(_pairs(3, 32)), epochs=1, sample_pairs=photos, show_progress=False)
+    want = stylizers.Pix2Pix(generator=trainer.generator, norm_stats="image")(photos.photos)
+    torch.testing.assert_close(trainer.samples[1], want, rtol=0, atol=1e-6)
