@@ -21,11 +21,15 @@ it always trains the quick version, and the notice says why.
   denoiser on the offline path), or a quick adapter on the components
   :func:`comicutils.comicdiff.load_components` picks (Stable Diffusion 2.1 when it is in the
   Hugging Face cache, the offline path with a denoiser pre-trained here otherwise).
+* :func:`stylegan_from_chapter_03` — chapter 03's micro photo generator
+  (``photo_generator.pt``), or a micro generator warm-started here by regression on the
+  course's photos.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +37,13 @@ import torch
 
 from .runtime import by_mode, get_device, get_mode, notice_banner, run_dir
 
-__all__ = ["Pix2PixResult", "ComicDiffResult", "pix2pix_from_chapter_02", "comicdiff_from_chapter_04",
-           "course_training_pairs"]
+__all__ = ["Pix2PixResult", "ComicDiffResult", "StyleGANResult", "pix2pix_from_chapter_02",
+           "comicdiff_from_chapter_04", "stylegan_from_chapter_03", "course_training_pairs"]
 
 PIX2PIX_CHAPTER = "02"
+STYLEGAN_CHAPTER = "03"
 COMICDIFF_CHAPTER = "04"
+STYLEGAN_FILE = "photo_generator.pt"
 
 
 def course_training_pairs(size: int):
@@ -139,6 +145,98 @@ def pix2pix_from_chapter_02(size: int, train=None, *, quick_steps: int | None = 
     s = stylizers.build("pix2pix", generator=trainer.generator.eval())
     s.weights = f"U-Net trained here ({trainer.step} steps)"
     return Pix2PixResult(stylizers={"pix2pix U-Net": s}, trained_here=True, looked_in=folder)
+
+
+# --------------------------------------------------------------------------- chapter 03
+@dataclass
+class StyleGANResult:
+    """A photo StyleGAN2 generator for a later chapter (eval mode, frozen).
+
+    ``path`` is chapter 03's ``photo_generator.pt`` when it was used, ``None`` when the
+    generator was warm-started here (``steps`` regression steps, ``trained_here``).
+    """
+
+    generator: torch.nn.Module
+    trained_here: bool
+    looked_in: Path | None = None
+    path: Path | None = None
+    steps: int | None = None
+
+    def describe(self) -> str:
+        G = self.generator
+        what = f"{G.size} px micro StyleGAN2 ({G.n_latent} latents of {G.style_dim})"
+        if self.trained_here:
+            return f"{what}, warm-started here for {self.steps} regression steps"
+        return f"{what} from chapter {STYLEGAN_CHAPTER} ({self.path.name})"
+
+
+def _stylegan_found(path: Path, size: int):
+    """Chapter 03's photo generator at ``size`` px, or ``None`` and why it cannot be used."""
+    from . import stylegan as sg
+
+    if not path.is_file():
+        return None, (f"no {path.name} there; run notebook {STYLEGAN_CHAPTER} (auto mode) first to use "
+                      "its photo generator")
+    try:
+        G = sg.load_checkpoint(path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
+        # a truncated, foreign or corrupt file must not stop the chapter: say why, train a quick one
+        what = ("UnpicklingError: not a PyTorch checkpoint" if isinstance(err, pickle.UnpicklingError)
+                else _first_line(err, 120))
+        return None, f"{path.name} there cannot be read as a StyleGAN2 generator ({what})"
+    if G.size != size:
+        return None, f"{path.name} there is a {G.size} px generator, not {size} px"
+    return G, ""
+
+
+def stylegan_from_chapter_03(size: int, *, quick_steps: int | None = None, width: int | None = None,
+                             style_dim: int | None = None, seed: int = 0,
+                             device: str | torch.device | None = None) -> StyleGANResult:
+    """Chapter 03's micro photo generator at ``size`` px, or one warm-started here.
+
+    Looks for ``photo_generator.pt`` (written by notebook 03 with
+    :func:`comicutils.stylegan.save_checkpoint` when it trains the micro stand-in for FFHQ) in
+    chapter 03's run folder and uses it when it is a readable generator of ``size`` px. Otherwise
+    (or in smoke mode) a :func:`~comicutils.stylegan.micro_config` generator (``width`` channels,
+    default 16 in smoke mode and 128 otherwise; ``style_dim`` latent size, default 16 / 32 --
+    chapter 03's auto settings) is warm-started by regression
+    (:func:`comicutils.stylegan.fit_reconstruction`, chapter 03's first stage, without its
+    adversarial steps) on the face2comics v2 and v1 photos and the 30 CC0 portraits for
+    ``quick_steps`` steps (default 4 in smoke mode, 200 otherwise), announced by a notice. The
+    loss is chapter 03's: taef2 perceptual distance plus pixel MSE. ``device`` defaults to
+    :func:`comicutils.runtime.get_device`. The generator comes back frozen, in eval mode.
+    """
+    from . import data
+    from . import stylegan as sg
+
+    device = torch.device(device) if device is not None else get_device()
+    folder = run_dir(STYLEGAN_CHAPTER, create=False)
+    path = folder / STYLEGAN_FILE
+    if get_mode() == "smoke":
+        why = "smoke mode never reuses another chapter's results"
+    else:
+        G, why = _stylegan_found(path, size)
+        if G is not None:
+            G = G.to(device).eval().requires_grad_(False)
+            result = StyleGANResult(G, False, folder, path)
+            print(f"StyleGAN2 from chapter {STYLEGAN_CHAPTER}: {result.describe()} ({path})")
+            return result
+    steps = quick_steps if quick_steps is not None else by_mode(smoke=4, auto=200)
+    width = width if width is not None else by_mode(smoke=16, auto=128)
+    style_dim = style_dim if style_dim is not None else by_mode(smoke=16, auto=32)
+    _announce_quick(f"chapter {STYLEGAN_CHAPTER}'s photo generator ({STYLEGAN_FILE})", folder, why,
+                    f"a {size} px micro StyleGAN2 (width {width}, {style_dim}-number latents) warm-started "
+                    f"by regression for {steps} steps on the course's photos (no adversarial steps)")
+    photos = torch.cat([data.face2comics_pairs("v2", size=size).photos, data.face2comics_pairs("v1", size=size).photos,
+                        data.portraits(size=size)[1]])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        G = sg.Generator(sg.micro_config(size, width=width, style_dim=style_dim)).to(device)
+    feature_size = min(size, 32)                     # chapter 03 measures at 32 px (a quarter of the cost)
+    loss = sg.perceptual_mse(sg.FeatureDistances(feature_size=feature_size).to(device)) if size % 8 == 0 else None
+    sg.fit_reconstruction(G, photos, steps, loss=loss, seed=seed, desc="micro photo generator (regression)")
+    G = G.eval().requires_grad_(False)
+    return StyleGANResult(G, True, folder, None, steps)
 
 
 # --------------------------------------------------------------------------- chapter 04

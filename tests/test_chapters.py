@@ -207,3 +207,67 @@ def test_an_sd21_adapter_without_sd21_here_trains_a_quick_offline_one(runs, monk
     got = chapters.comicdiff_from_chapter_04(SIZE, tiny_pairs(), **QUICK)
     assert got.trained_here and got.path == "offline"
     assert "Stable Diffusion 2.1, which cannot be loaded here" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- chapter 03
+SG_SIZE = 16
+SG_QUICK = dict(quick_steps=1, width=8, style_dim=8)
+
+
+def write_chapter_03(folder, size: int = SG_SIZE, seed: int = 5):
+    from comicutils import stylegan as sg
+
+    torch.manual_seed(seed)
+    G = sg.Generator(sg.micro_config(size, width=8, style_dim=8, n_mlp=2))
+    G.update_w_avg(64)
+    sg.save_checkpoint(G, folder / "03" / "photo_generator.pt", mode="auto")
+    return G.eval()
+
+
+def test_stylegan_of_chapter_03_at_this_size_is_used(runs, monkeypatch, capsys):
+    from comicutils import stylegan as sg
+
+    G = write_chapter_03(runs)
+    monkeypatch.setattr(sg, "fit_reconstruction", lambda *a, **k: pytest.fail("must not train"))
+    got = chapters.stylegan_from_chapter_03(SG_SIZE, **SG_QUICK)
+    out = capsys.readouterr().out
+    assert not got.trained_here and got.path == runs / "03" / "photo_generator.pt" and got.looked_in == runs / "03"
+    assert "chapter 03" in out and "NOTE" not in out and "PosixPath" not in out
+    w = G.mapping(G.sample_z(2, seed=1))
+    assert torch.equal(got.generator.synthesis(G.to_wplus(w)), G.synthesis(G.to_wplus(w)))
+    assert not any(p.requires_grad for p in got.generator.parameters()) and not got.generator.training
+
+
+@pytest.mark.parametrize("problem", ["nothing", "size", "corrupt", "foreign"])
+def test_stylegan_missing_mismatched_or_unreadable_trains_a_quick_one(runs, problem, capsys):
+    folder = runs / "03"
+    if problem == "size":
+        write_chapter_03(runs, size=SG_SIZE * 2)
+        why = "a 32 px generator, not 16 px"
+    elif problem in ("corrupt", "foreign"):
+        folder.mkdir(parents=True)
+        if problem == "corrupt":
+            (folder / "photo_generator.pt").write_bytes(b"PK\x03\x04 not a whole zip file")
+        else:
+            torch.save({"something": torch.zeros(2)}, folder / "photo_generator.pt")
+        why = "photo_generator.pt there cannot be read as a StyleGAN2 generator ("
+    else:
+        why = "no photo_generator.pt there"
+    got = chapters.stylegan_from_chapter_03(SG_SIZE, **SG_QUICK)
+    out = capsys.readouterr().out
+    assert got.trained_here and got.path is None and got.steps == 1 and got.generator.size == SG_SIZE
+    assert "NOTE" in out and why in out and str(folder) in out and "SUBSTITUTE" not in out
+    assert "Traceback" not in out and "warm-started by regression for 1 steps" in out
+    (note,) = [line for line in out.splitlines() if line.startswith("NOTE")]      # one line, no traceback
+    reason = note.split("Why: ", 1)[1].split(". Instead:", 1)[0]
+    assert why in reason and len(reason) < 260, reason
+    assert got.generator.style_dim == 8 and not got.generator.training
+    assert "warm-started here for 1 regression steps" in got.describe()
+
+
+def test_stylegan_in_smoke_mode_always_trains(runs, monkeypatch, capsys):
+    write_chapter_03(runs / "smoke")
+    write_chapter_03(runs)
+    monkeypatch.setenv("COMICUTILS_MODE", "smoke")
+    got = chapters.stylegan_from_chapter_03(SG_SIZE, **SG_QUICK)
+    assert got.trained_here and "smoke mode never reuses" in capsys.readouterr().out

@@ -65,6 +65,13 @@ for _col in ("lpips_vgg", "lpips_alex", "fid"):
     assert all(not _m.isnan(v) for v in _vals), (_col, _vals)
 print("REHEARSAL: AnimeGANv2, SD 2.1 ComicDiff, LPIPS and FID numbers")
 """,
+    "08": """
+assert G_ffhq is not None and G_base is G_ffhq, "the StyleGAN2-FFHQ file is present but was not used"
+assert perceptual.perceptual == "lpips-vgg", perceptual.perceptual
+_nst = set(rows[rows.method == "NST (VGG-16)"].weights)
+assert all(w.startswith("vgg16") and "instead of" not in w for w in _nst), _nst
+print("REHEARSAL: FFHQ base, LPIPS perceptual loss, NST on VGG-16")
+""",
 }
 
 
