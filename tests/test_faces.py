@@ -217,3 +217,18 @@ def test_turned_face_missed_by_hog_is_found_by_the_mmod_fallback(mirror):
     assert aligned.shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="detector must be one of"):
         faces.detect_faces_dlib(path, detector="cnn")
+
+
+def test_identity_embedding_with_hog_only_never_runs_the_cnn_detector(monkeypatch):
+    def no_cnn():
+        raise AssertionError("the CNN detector ran")
+
+    monkeypatch.setattr(faces, "_mmod_detector", no_cnn)
+    grey = torch.full((2, 3, 96, 96), 0.5)                 # no face for HOG to find
+    whole = faces.identity_embedding(grey, on_missing="whole", detector="hog")
+    assert whole.shape == (2, 128) and torch.isfinite(whole).all()
+    assert torch.isnan(faces.identity_distance(grey, grey, on_missing="nan", detector="hog")).all()
+    with pytest.raises(AssertionError, match="CNN"):
+        faces.identity_embedding(grey[:1], on_missing="whole")          # "auto" falls back to it
+    with pytest.raises(ValueError, match="detector"):
+        faces.identity_embedding(grey, detector="haar")
