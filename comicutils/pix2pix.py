@@ -1,6 +1,6 @@
 """pix2pix for photo -> comic: generators, PatchGAN, losses and a trainer (chapters 02 and 03).
 
-Seed 003 (Arcane pix2pix) trains a conditional GAN on aligned (photo, comic) pairs:
+The Human-to-Anime report (Arcane pix2pix) trains a conditional GAN on aligned (photo, comic) pairs:
 
 * a **generator** G maps a photo to a comic: the pix2pix U-Net, a U-Net with 9 residual
   blocks in its bridge (U-Res9), or a U-Net whose encoder is an ImageNet ResNet-50 (U-Res50);
@@ -21,13 +21,13 @@ output), D takes [-1, 1] photos and comics. The conversion happens in two places
 BatchNorm and dropout follow the module's mode: :func:`translate` switches the generator to
 ``eval()`` explicitly (running BatchNorm statistics, no dropout) and restores the mode after.
 
-Seed 003's experiments: :data:`TABLE1_ROWS` (its Table 1 with the published numbers),
+The Human-to-Anime report's experiments: :data:`TABLE1_ROWS` (its Table 1 with the published numbers),
 :func:`table1_config` and :func:`build_trainer` (train any row), ``Pix2PixTrainer.train(...,
 eval_pairs=...)`` (its per-epoch metric curve on a test image, Fig. 5) and
 :func:`loss_term_magnitudes` (what ALPHA and LAMBDA do to the balance of eq. 1 here).
 
 Sections: helpers -- generators -- discriminator -- losses -- inference and files -- trainer --
-seed 003's experiments.
+the Human-to-Anime report's experiments.
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def unet_channels(size: int, ngf: int = 64) -> list[int]:
 
     Up to 256 px: ``ngf * min(2**i, 8)`` for the ``log2(size)`` levels (pix2pix). Above: one
     outer level per doubling, each with half the filters of the next, in front of the 256 px
-    list (seed 003's 512 px U-Net: 32, 64, 128, 256, 512, 512, 512, 512, 512 at ngf=64).
+    list (the Human-to-Anime report's 512 px U-Net: 32, 64, 128, 256, 512, 512, 512, 512, 512 at ngf=64).
     """
     n = int(math.log2(size))
     base = [ngf * min(2 ** i, 8) for i in range(min(n, 8))]
@@ -163,7 +163,7 @@ class UNetGenerator(nn.Module):
     multiples of ``size`` (128 -> 7 levels, 256 -> 8, 512 -> 9); anything else is a ValueError
     naming the allowed sizes.
 
-    At 256 px this is the pix2pix generator of the TensorFlow tutorial seed 003 started from:
+    At 256 px this is the pix2pix generator of the TensorFlow tutorial the Human-to-Anime report started from:
     encoder level i has ``ngf * min(2**i, 8)`` channels (64, 128, 256, 512, 512, 512, 512, 512
     at ngf=64); 128 px keeps its first seven levels. Conv 4x4/2 + BatchNorm + LeakyReLU(0.2); no
     BatchNorm on the first level nor on the 1x1 bottleneck (a batch of one 1x1 map has no spread
@@ -172,7 +172,7 @@ class UNetGenerator(nn.Module):
     output concatenated with the encoder map of the same size (skip connection); last:
     ConvTranspose to 3 channels + Tanh.
 
-    **512 px** (seed 003, sec. 4.1 "U-Net"): "The input layer was resized to 512x512x3.
+    **512 px** (the Human-to-Anime report, sec. 4.1 "U-Net"): "The input layer was resized to 512x512x3.
     Additionally, a downsample layer was incorporated, utilizing a 2D convolution with 32
     filters of size 4x4, employing 'same' padding, a stride of 2. Similarly, an upsample layer
     was introduced to reverse the operation just described." So the 512 px U-Net is the 256 px
@@ -222,7 +222,7 @@ def _same_conv4(channels: int) -> nn.Sequential:
 
 
 class ResidualBlock(nn.Module):
-    """Seed 003's U-Res9 block: ``ReLU(x + BN(conv(ReLU(BN(conv(x))))))``, 4x4 'same' convs.
+    """The Human-to-Anime report's U-Res9 block: ``ReLU(x + BN(conv(ReLU(BN(conv(x))))))``, 4x4 'same' convs.
 
     (N, C, H, W) -> (N, C, H, W). The seed names two 4x4 'same' convolutions, BatchNorm after
     each, the sum with the input and a final ReLU; the ReLU between the two convolutions is
@@ -240,7 +240,7 @@ class ResidualBlock(nn.Module):
 
 
 class UResNetGenerator(nn.Module):
-    """U-Res9: a U-Net with ``n_blocks`` residual blocks in its bridge (seed 003, after [7]).
+    """U-Res9: a U-Net with ``n_blocks`` residual blocks in its bridge (the Human-to-Anime report, after [7]).
 
     ``forward(x)``: (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) in [-1, 1]; H, W multiples of
     ``2**n_downs`` (16 by default).
@@ -295,7 +295,7 @@ class _UpBlock(nn.Module):
 
 
 class UResNet50Generator(nn.Module):
-    """U-Res50: torchvision's ResNet-50 as the encoder of a U-Net (seed 003, Fig. 3).
+    """U-Res50: torchvision's ResNet-50 as the encoder of a U-Net (the Human-to-Anime report, Fig. 3).
 
     ``forward(x)``: (N, 3, H, W) in [-1, 1] -> (N, 3, H, W) in [-1, 1]; H, W multiples of 32.
     Inside, x is mapped to [0, 1] and ImageNet-normalised for the encoder. Encoder maps: conv1
@@ -498,7 +498,7 @@ class GANLoss(nn.Module):
 
 
 PERCEPTUAL_LAYERS: dict[str, tuple[str, ...]] = {
-    "vgg16": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),   # four maps, as seed 003
+    "vgg16": ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),   # four maps, as the Human-to-Anime report
     "vgg19": ("relu1_2", "relu2_2", "relu3_4", "relu4_4"),
     "taef2": ("block1", "block5", "block9", "block13"),
 }
@@ -561,7 +561,7 @@ class PerceptualLoss(nn.Module):
 def generator_loss(d_fake_logits: torch.Tensor, fake: torch.Tensor, target: torch.Tensor, *,
                    gan_loss: GANLoss, perceptual: PerceptualLoss | None = None,
                    lambda_l1: float = 100.0, alpha: float = 0.001) -> dict[str, torch.Tensor]:
-    """Seed 003 eq. 1: ``total = adv + alpha * perc + lambda_l1 * l1``.
+    """The Human-to-Anime report's eq. 1: ``total = adv + alpha * perc + lambda_l1 * l1``.
 
     ``d_fake_logits``: D(photo, fake); ``fake``, ``target``: (N, 3, H, W) in [-1, 1].
     ``adv`` = gan_loss(d_fake_logits, real=True) (G wants D to say "real"); ``l1`` = mean
@@ -733,7 +733,7 @@ def _metric_names(metrics: Iterable[str]) -> list[str]:
 
 
 class Pix2PixTrainer:
-    """Trains a generator and a PatchGAN with seed 003's Algorithm 1 (D step, then G step).
+    """Trains a generator and a PatchGAN with the Human-to-Anime report's Algorithm 1 (D step, then G step).
 
     ``generator``, ``discriminator``: modules from this file (any module with a ``config``
     dict). ``perceptual``: a :class:`PerceptualLoss` or None. ``lambda_l1``, ``alpha``: the
@@ -929,7 +929,7 @@ class Pix2PixTrainer:
         size and back, ``norm_stats="image"``, dropout off; nothing in the generator changes).
         Each metric is :func:`comicutils.metrics.score_pairs`'s, averaged over the N pairs; a
         metric that cannot be computed here is NaN (offline LPIPS), or raises in full mode.
-        Seed 003 scored one test image per epoch (N = 1, sec. 4.3).
+        The Human-to-Anime report scored one test image per epoch (N = 1, sec. 4.3).
         """
         from . import metrics as _metrics
         from .stylizers import Pix2Pix
@@ -964,7 +964,7 @@ class Pix2PixTrainer:
         return save_generator(self.generator, path)
 
 
-# --------------------------------------------------------------------------- seed 003's experiments
+# --------------------------------------------------------------------------- the Human-to-Anime report's experiments
 TABLE1_ROWS: dict[str, dict[str, Any]] = {
     "U-Net": {"generator": "unet", "perceptual": None,
               "psnr": 18.66, "rmse": 29.76, "ssim": 0.107, "fsim": 0.383},
@@ -979,14 +979,14 @@ TABLE1_ROWS: dict[str, dict[str, Any]] = {
     "U-Res50-VGG-mse": {"generator": "ures50", "perceptual": "mse",
                         "psnr": 19.98, "rmse": 25.56, "ssim": 0.242, "fsim": 0.486},
 }
-"""Seed 003's Table 1, row by row: generator, perceptual criterion on VGG-16 features (None:
+"""The Human-to-Anime report's Table 1, row by row: generator, perceptual criterion on VGG-16 features (None:
 no perceptual term) and the reported PSNR, RMSE, SSIM and FSIM of one test image after 20
 epochs at 512 px. The seed's RMSE is in 0-255 grey levels (``255 * 10**(-PSNR / 20)``
 reproduces it to 0.04); :func:`comicutils.metrics.rmse` is in [0, 1] units, so multiply by
 255 to compare. Settings for training a row: :func:`table1_config`."""
 
 TABLE1_REPORT_RANGES = {"unet": "[-1, 1]", "ures9": "[-1, 1]", "ures50": "[0, 1]"}
-"""Input range of each generator in seed 003 (sec. 3.3): U-Net and U-Res9 [-1, 1], U-Res50
+"""Input range of each generator in the Human-to-Anime report (sec. 3.3): U-Net and U-Res9 [-1, 1], U-Res50
 [0, 1]. Here every generator takes [-1, 1] (U-Res50 maps to [0, 1] and ImageNet-normalises
 inside), and L1 is measured in [-1, 1] units for all of them."""
 
@@ -1092,7 +1092,7 @@ def loss_term_magnitudes(trainer: "Pix2PixTrainer", photos01: torch.Tensor, comi
       respect to the generator output (what actually pulls on G);
     * ``alpha_matching_l1``: the alpha at which ``alpha * perc`` would equal ``lambda_l1 * l1``;
     * ``perc_keras``: {"lo-hi": perc} with the VGG input scaled as Keras's
-      ``vgg16.preprocess_input`` (which seed 003 used, sec. 3.3) scales images in the range
+      ``vgg16.preprocess_input`` (which the Human-to-Anime report used, sec. 3.3) scales images in the range
       lo..hi: minus the 0-255 ImageNet mean, no division by a std, so ``(0, 255)`` feeds VGG
       inputs about 58 times larger than the course's, ``(0, 1)`` (the seed's [0, 1] images
       passed as they are) about 4 times smaller and shifted by about -115. Only for a VGG backbone (empty otherwise:

@@ -1,9 +1,9 @@
 """StyleGAN2 for chapter 03: generator, blending, inversion, pseudo pairs, fine-tuning.
 
 * :mod:`.model` -- the generator (rosinality key names, strict checkpoint loading, truncation).
-* :mod:`.blend` -- per-resolution model blending (Toonify, seed 003) and style mixing (seed 001).
-* :mod:`.invert` -- inversion into W / W+ / Z+ and seed 001's multi-level pseudo pairs.
-* :mod:`.losses` -- seed 001's semantic-preservation constraint (LPIPS + 0.1 ID) and its stand-ins.
+* :mod:`.blend` -- per-resolution model blending (Toonify, the Human-to-Anime report) and style mixing (Lu & Zhou).
+* :mod:`.invert` -- inversion into W / W+ / Z+ and Lu & Zhou's multi-level pseudo pairs.
+* :mod:`.losses` -- Lu & Zhou's semantic-preservation constraint (LPIPS + 0.1 ID) and its stand-ins.
 * :mod:`.train` -- a micro discriminator and GAN trainer; fine-tuning with the constraints.
 * :mod:`.pairs` -- paired (photo, comic) folders for chapter 02's loader; table measurements.
 

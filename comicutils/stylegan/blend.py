@@ -1,4 +1,4 @@
-"""Model blending (Toonify, seed 003) and style mixing (seed 001).
+"""Model blending (Toonify, the Human-to-Anime report) and style mixing (Lu & Zhou).
 
 **Blending** two generators with the same architecture -- ``G_base`` (photos) and ``G_style``
 (fine-tuned from it on comics) -- takes each layer as ``(1 - a_r) * base + a_r * style`` where
@@ -16,7 +16,7 @@
 So all weights 0 returns ``G_base`` exactly and all weights 1 returns ``G_style`` exactly
 (with ``mapping="style"``). Toonify's hard layer swap at resolution ``r`` is
 ``swap_weights(size, r)``: below ``r`` from the base (geometry), from ``r`` up from the style
-model (texture, colour). Seed 003's *custom blending* weights are :data:`SEED003_CUSTOM_BLEND`.
+model (texture, colour). The Human-to-Anime report's *custom blending* weights are :data:`SEED003_CUSTOM_BLEND`.
 
 **Style mixing** takes the first ``k`` latents of w+ from a *source* and the rest from a
 *reference* (:func:`mix_latents`): low ``k`` hands most layers (coarse geometry upwards) to the
@@ -33,9 +33,9 @@ import torch
 from .model import Generator
 
 SEED003_CUSTOM_BLEND = {4: 0.2, 8: 0.2, 16: 0.2, 32: 0.2, 64: 0.5, 128: 0.9, 256: 0.7, 512: 0.7}
-"""Seed 003's custom blend (share of the Arcane-style model per resolution, 512 px network)."""
+"""The Human-to-Anime report's custom blend (share of the Arcane-style model per resolution, 512 px network)."""
 SEED003_SWAP_RESOLUTION = 64
-"""Seed 003's 'integrated blending' split point."""
+"""The Human-to-Anime report's 'integrated blending' split point."""
 
 
 def swap_weights(size: int, swap_resolution: int) -> dict[int, float]:
@@ -54,7 +54,7 @@ def resample_blend_weights(weights: Mapping[int, float], size: int) -> dict[int,
     """Carry a blend curve to a network of another depth, by relative depth.
 
     Each curve is laid over depth t = (log2 r - 2) / (log2 size - 2) in [0, 1] and linearly
-    interpolated: seed 003's 512 px curve on a 64 px network keeps its shape (coarse mostly
+    interpolated: the Human-to-Anime report's 512 px curve on a 64 px network keeps its shape (coarse mostly
     base, fine mostly style) instead of being cut off at 64 px.
     """
     src = sorted(int(r) for r in weights)
@@ -161,7 +161,7 @@ def mix_latents(source: torch.Tensor, reference: torch.Tensor, layer: int) -> to
 @torch.no_grad()
 def multimodal(G: Generator, wplus: torch.Tensor, layer: int, n: int, *, psi: float = 0.7,
                seed: int = 0) -> torch.Tensor:
-    """Seed 001's multimodal stylisation: one content w+ (1, L, D) mixed with ``n`` random
+    """Lu & Zhou's multimodal stylisation: one content w+ (1, L, D) mixed with ``n`` random
     references drawn in Z+ and truncated towards ``w_avg``. Returns images (n, 3, H, W)."""
     zplus = G.sample_z(n, seed=seed, plus=True)
     ref = G.truncate(G.mapping(zplus), psi)
@@ -170,6 +170,6 @@ def multimodal(G: Generator, wplus: torch.Tensor, layer: int, n: int, *, psi: fl
 
 @torch.no_grad()
 def reference_guided(G: Generator, wplus: torch.Tensor, reference_wplus: torch.Tensor, layer: int) -> torch.Tensor:
-    """Seed 001's reference-guided stylisation: content w+ (N, L, D) mixed with a reference's
+    """Lu & Zhou's reference-guided stylisation: content w+ (N, L, D) mixed with a reference's
     latent (inverted into W and repeated) from ``layer`` on. Returns images (N, 3, H, W)."""
     return G.synthesis(mix_latents(wplus, reference_wplus, layer)).cpu()

@@ -2,7 +2,7 @@
 
 DualStyleGAN (Yang et al., CVPR 2022, "Pastiche Master") keeps a pretrained StyleGAN as the
 **intrinsic** path -- the face's own latent, from inverting the photo -- and adds an
-**extrinsic** path driven by one exemplar comic. Seed 004 describes it (Sec. 3.2): the coarse
+**extrinsic** path driven by one exemplar comic. The Ding et al. report describes it (Sec. 3.2): the coarse
 layers (1-7 of 18) get modulated residual blocks *ModRes* fed by a structure transform of the
 extrinsic code; the fine layers (8-18) take the extrinsic code as StyleGAN takes a style, through
 a colour transform. One weight per layer (DualStyleGAN's ``interp_weights``) trades the
@@ -52,7 +52,7 @@ cannot be had):
 
 * :func:`stylize_with_exemplar` -- photo + exemplar comic -> comic, with the two weights.
 * :func:`comparison_rows` -- SSIM / PSNR of DualStyleGAN (micro) and NST (VGG-16, or its taef2
-  stand-in offline) on held-out pairs, beside :data:`SEED004_COMPARISON`, what seed 004 reports.
+  stand-in offline) on held-out pairs, beside :data:`SEED004_COMPARISON`, what the Ding et al. report says.
 
 What is not here (and why): facial destylization and the three-stage progressive fine-tuning
 (face2comics has real photo-comic pairs, so supervision is direct); the contextual, feature
@@ -108,7 +108,7 @@ SEED004_COMPARISON = {
     "numbers": None,
     "finding": "'No matter SSIM or PSNR validate that DualStyleGAN has a better performance than VGG-16' (Sec. 6.2)",
 }
-"""What seed 004 says about its SSIM/PSNR comparison. Its numbers appear only in a figure (Fig. 9)
+"""What the Ding et al. report says about its SSIM/PSNR comparison. Its numbers appear only in a figure (Fig. 9)
 that the text does not reproduce, so ``numbers`` is ``None``: only the direction is known."""
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -536,7 +536,7 @@ def comparison_rows(dual: DualStyleGenerator, photos: torch.Tensor, comics: torc
     ``photos``, ``comics``: aligned held-out pairs (N, 3, H, W) in [0, 1], compared at the
     generator's size. ``exemplars``: ``"own"`` (each photo with its own comic as the exemplar and
     NST style image), or comics (1 or N, 3, H, W). Both methods get the same exemplar.
-    ``against``: the reference of the metrics -- ``"photo"`` (seed 004: SSIM/PSNR measure how
+    ``against``: the reference of the metrics -- ``"photo"`` (the Ding et al. report: SSIM/PSNR measure how
     much content is kept) and/or ``"comic"`` (the ground truth; with ``"own"`` exemplars the
     target is also the exemplar, so these scores are optimistic for both methods). ``nst``:
     options for ``stylizers.build("nst", ...)`` (default ``backbone="vgg16"``, which offline

@@ -1,4 +1,4 @@
-"""GAN inversion and seed 001's multi-level pseudo pairs.
+"""GAN inversion and Lu & Zhou's multi-level pseudo pairs.
 
 **Latent spaces.** ``Z``: one Gaussian z (N, D), what the generator samples from. ``W``: the
 mapping network's output w = f(z), where directions carry meaning. ``W+``: one w per
@@ -10,14 +10,14 @@ layer as W+ but every w stays on the mapping network's output manifold, so image
 :func:`invert` finds a latent in one of W, W+, Z+ for target images by optimisation
 (Adam on the latent; the generator frozen).
 
-**Multi-level pseudo pairs** (seed 001, Sec. 3.2, Fig. 7) turn a comic S into a realistic
+**Multi-level pseudo pairs** (Lu & Zhou, Sec. 3.2, Fig. 7) turn a comic S into a realistic
 partner P from the same latent:
 
-1. *embedding* -- ``z1+ = E_z+(S)``, ``P1 = G(f(z1+))``. Seed 001 uses a pSp encoder into Z+;
+1. *embedding* -- ``z1+ = E_z+(S)``, ``P1 = G(f(z1+))``. Lu & Zhou use a pSp encoder into Z+;
    here: Z+ optimisation through the photo generator G (the encoder's job, done slowly).
 2. *optimisation* -- ``z2+ = argmin L_semantic(G*(z+), S)`` from z1+, G* the style generator
    fine-tuned without constraints; ``P2 = G(f(z2+))``.
-3. *refinement* -- ``w3+ = E_w+(S)``, ``P3 = G(w3+)``. Seed 001 uses a pSp encoder into W+;
+3. *refinement* -- ``w3+ = E_w+(S)``, ``P3 = G(w3+)``. Lu & Zhou use a pSp encoder into W+;
    here: W+ optimisation through G, started from ``w2+ = f(z2+)`` (a refinement, few steps).
 
 Each level gives (P_k, S) and its latent w_k+, which the pseudo-paired loss
@@ -179,7 +179,7 @@ def invert_v(G: Generator, targets: torch.Tensor, *, basis: torch.Tensor | None 
 
 @dataclass
 class PseudoPairs:
-    """Seed 001's multi-level pseudo pairs for comics S (N, 3, H, W) in [0, 1].
+    """Lu & Zhou's multi-level pseudo pairs for comics S (N, 3, H, W) in [0, 1].
 
     ``photos[k]`` is P_k = G(w_k+) and ``wplus[k]`` the latent, for levels k = 1, 2, 3;
     ``inversions[k]`` the raw optimisation record (its ``images`` are those of the generator
@@ -201,7 +201,7 @@ def multilevel_pseudo_pairs(G: Generator, G_star: Generator, comics: torch.Tenso
                             steps: tuple[int, int, int] = (200, 200, 50),
                             lr: tuple[float, float, float] = (0.05, 0.02, 0.01),
                             psi: float = 1.0, seed: int = 0) -> PseudoPairs:
-    """Levels 1-3 of seed 001's pseudo-pair generation (see the module doc).
+    """Levels 1-3 of Lu & Zhou's pseudo-pair generation (see the module doc).
 
     ``G``: the photo generator, ``G_star``: the style generator fine-tuned without constraints,
     ``semantic``: the semantic loss of level 2 (eq. 5), ``reconstruction``: the loss of the

@@ -1,4 +1,4 @@
-"""Seed 001's losses: the semantic-preservation constraint and the perceptual distance it uses.
+"""Lu & Zhou's losses: the semantic-preservation constraint and the perceptual distance it uses.
 
 ``L_semantic(G(z), G'(z)) = LPIPS(G(z), G'(z)) + lambda_ID * L_ID(G(z), G'(z))``, lambda_ID = 0.1.
 
@@ -7,7 +7,7 @@
   pretrained taef2 encoder*: activations of blocks 1, 5, 9, 13 normalised to unit length over
   channels, squared differences summed over channels, averaged over positions and blocks (the
   LPIPS recipe without its learned per-channel weights).
-* **Identity** (an ArcFace-type face-recognition network in seed 001) is not differentiable in
+* **Identity** (an ArcFace-type face-recognition network in Lu & Zhou) is not differentiable in
   the course's toolkit (dlib). The stand-in is the cosine distance between the spatially
   pooled deepest taef2 features (block 13) -- a generic appearance descriptor, not a face
   recogniser. The dlib identity distance stays the *metric*.
@@ -25,7 +25,7 @@ from ..runtime import get_mode, substitute_banner
 from ..taesd import feature_distance
 
 LAMBDA_ID = 0.1
-"""Seed 001: weight of the identity term inside the semantic constraint."""
+"""Lu & Zhou: weight of the identity term inside the semantic constraint."""
 LPIPS_BLOCKS = (1, 5, 9, 13)
 IDENTITY_BLOCK = 13
 
@@ -83,9 +83,9 @@ class FeatureDistances(nn.Module):
 
 
 class SemanticLoss(nn.Module):
-    """``perceptual(a, b) + lambda_id * identity(a, b)`` per image (N,). Seed 001, eq. 1.
+    """``perceptual(a, b) + lambda_id * identity(a, b)`` per image (N,). Lu & Zhou, eq. 1.
 
-    Also the perceptual term alone (``lambda_id = 0``) is seed 001's paired loss (eq. 2).
+    Also the perceptual term alone (``lambda_id = 0``) is Lu & Zhou's paired loss (eq. 2).
 
     The perceptual term is the real LPIPS (v0.1, VGG) whenever its weights can be had, whatever
     ``distances`` is passed; otherwise the LPIPS-style taef2 distance of ``distances`` (default
@@ -109,11 +109,11 @@ class SemanticLoss(nn.Module):
                 from ..assets import AssetUnavailable
 
                 raise AssetUnavailable(
-                    "full mode: seed 001's semantic constraint needs LPIPS with VGG-16 ImageNet "
+                    "full mode: Lu & Zhou's semantic constraint needs LPIPS with VGG-16 ImageNet "
                     f"weights (asset 'vgg16-imagenet'), and they cannot be had here. {lpips_error}")
             if lambda_id:
                 raise RuntimeError(
-                    "full mode: seed 001's identity term needs a differentiable face-recognition "
+                    "full mode: Lu & Zhou's identity term needs a differentiable face-recognition "
                     "network (ArcFace-type); the course registry has none, and full mode does not "
                     "use the taef2 stand-in. Use lambda_id=0 (LPIPS only) or COMICUTILS_MODE=auto.")
         self.perceptual = "lpips-vgg" if lpips_error is None else "taef2"
