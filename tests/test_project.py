@@ -45,6 +45,16 @@ def test_notebooks_are_numbered_have_a_parameters_cell_and_no_outputs():
         assert all(not c.get("outputs") for c in code), f"{path.name}: commit notebooks without outputs"
 
 
+def test_every_notebook_cell_has_a_unique_id():
+    """nbformat 4.5 requires cell ids; without them every run prints a MissingIDFieldWarning."""
+    for path in sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts):
+        nb = json.loads(path.read_text())
+        assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5), path.name
+        ids = [c.get("id") for c in nb["cells"]]
+        assert all(ids), f"{path.name}: a cell has no id"
+        assert len(set(ids)) == len(ids), f"{path.name}: duplicate cell ids"
+
+
 def test_notebook_selection_by_prefix():
     assert [p.name[:2] for p in course.notebook_paths(ROOT, ["00"])] == ["00"]
     with pytest.raises(FileNotFoundError):
