@@ -357,3 +357,20 @@ def test_random_sd21_components_have_the_real_shapes():
     assert (comp.codec.latent_channels, comp.codec.downscale_factor, comp.codec.scaling_factor) == (4, 8, 0.18215)
     assert sum(p.numel() for p in comp.unet.parameters()) == 865_910_724
     assert comp.prompt_embeds.shape == (1, 77, 1024)
+
+
+def test_training_on_a_frozen_loaded_adapter_warm_starts_and_unfreezes_only_lora(monkeypatch):
+    ds, _, _ = fixed_batch()
+    cfg = cd.TrainConfig(rank=2, lr=1e-3, batch_size=2, epochs=10, max_steps=2, mixed_precision="no")
+    model = tiny_model()
+    cd.train_lora(model, ds, cfg, loss_fn=mse_only(), show_progress=False)
+    model.requires_grad_(False)                        # as load_translator leaves an adapter
+    before = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
+    cd.train_lora(model, ds, cfg, loss_fn=mse_only(), show_progress=False)
+    after = dict(model.unet.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before if "lora_" in n)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in after.items())
+    monkeypatch.setattr(lora, "lora_parameters", lambda unet: [])      # LoRA lost on the way: refused
+    with pytest.raises(RuntimeError, match="no LoRA"):
+        cd.train_lora(tiny_model(), ds, cfg, loss_fn=mse_only(), show_progress=False)

@@ -415,6 +415,9 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
                show_progress: bool = True) -> TrainResult:
     """Fine-tune the LoRA adapter of ``model`` (added here if absent) on ``dataset``.
 
+    An adapter already in ``model`` (e.g. loaded with :func:`load_translator`, which freezes it)
+    is trained on from its current values: a warm start; nothing but LoRA is ever unfrozen.
+
     Dataset items are dicts with ``"comic"`` (3, H, W) in [0, 1] and either ``"latent"`` (z_x,
     see :func:`encode_pairs`) or ``"photo"`` (encoded on the fly). Only LoRA parameters train:
     the VAE/codec, the U-Net's own weights and the prompt embedding stay frozen. Returns the
@@ -439,8 +442,10 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     params = lora.lora_parameters(model.unet)
-    if not params or any(not p.requires_grad for p in params):
-        raise RuntimeError("LoRA parameters are missing or frozen; nothing would train")
+    if not params:
+        raise RuntimeError("the U-Net has no LoRA parameters; nothing would train")
+    for p in params:                                  # an adapter loaded for inference comes frozen:
+        p.requires_grad_(True)                        # training it on (a warm start) unfreezes only LoRA
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     order = torch.Generator().manual_seed(config.seed)     # reseeded each epoch: resume sees the same order
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, generator=order)
