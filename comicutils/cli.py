@@ -461,6 +461,49 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
     return run
 
 
+def _course_weights(sub: argparse.ArgumentParser) -> Handler:
+    from . import course_weights as W
+
+    actions = sub.add_subparsers(dest="action", required=True, metavar="{list,verify,train,export}")
+    actions.add_parser("list", help="every course weight: steps, size, hours, the command that made it")
+    actions.add_parser("verify", help="check every registered file against its sha256")
+    tr = actions.add_parser("train", help="train (or resume) one course weight with its recipe")
+    tr.add_argument("name", choices=W.names())
+    tr.add_argument("--steps", type=int_at_least(1), help="optimiser steps in total (default: the recipe's)")
+    tr.add_argument("--work", help="checkpoint folder (default: data/runs/course-weights/NAME)")
+    ex = actions.add_parser("export", help="write the newest checkpoint as fp16 safetensors into data/pretrained/")
+    ex.add_argument("name", choices=W.names())
+    ex.add_argument("--work", help="checkpoint folder (default: data/runs/course-weights/NAME)")
+    ex.add_argument("--out", help="folder of the registry (default: data/pretrained/ of this checkout)")
+
+    def run(args):
+        if args.action == "list":
+            for row in W.describe():
+                made = "not exported" if row["steps"] is None else \
+                    f"{row['steps']} steps, {row['hours']} h, {row['MB']} MB"
+                print(f"{row['name']:<20} ch {row['chapter']}  {made}\n    {row['command']}")
+            return 0
+        if args.action == "verify":
+            results = W.verify()
+            for name, state in results:
+                print(f"{name:<20} {state}")
+            if not results:
+                print("no course weight is registered yet")
+            return 0 if all(state == "ok" for _, state in results) else 1
+        if args.action == "train":
+            run_info = W.train(args.name, args.steps, work=args.work)
+            print(f"{args.name}: {run_info.get('steps')} steps in total, {run_info['seconds'] / 3600:.2f} h; "
+                  f"start state {run_info['start_digest'][:16]}; export with "
+                  f"`python -m comicutils course-weights export {args.name}`")
+            return 0
+        item = W.export(args.name, work=args.work, out=args.out)
+        size = sum(m["bytes"] for m in item["files"].values()) / 2 ** 20
+        print(f"{args.name}: {item['steps']} steps, {size:.2f} MB -> {', '.join(item['files'])}")
+        return 0
+
+    return run
+
+
 def _evaluate(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--methods", nargs="+", default=["identity", "cartoon"],
                      help="stylizers to compare (identity, cartoon, nst, pix2pix, comicdiff, animegan)")
@@ -534,6 +577,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = 
     "evaluate": ("score stylizers on the held-out face2comics pairs", _evaluate),
     "stylize": ("turn portrait photos into comics (--method nst, pix2pix, comicdiff)", _stylize),
     "train-pix2pix": ("train a pix2pix generator on paired photos and comics", _train_pix2pix),
+    "course-weights": ("the course weights: list, verify, train (resumable) and export", _course_weights),
 }
 
 

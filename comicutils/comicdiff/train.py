@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import NonFiniteState
+from ..checkpoints import NonFiniteState, load_file, save_state
 from ..runtime import progress, seed_everything
 from . import lora
 from .model import ComicDiff, ComicDiffLoss, perceptual_loss
@@ -136,9 +136,13 @@ class PretrainResult:
     seconds: float
 
 
+PRETRAIN_FORMAT = "comicutils-denoiser-pretrain/1"
+
+
 def pretrain_denoiser(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, scheduler_config: dict, *,
                       steps: int = 500, batch_size: int = 16, lr: float = 3e-4, seed: int = 0,
-                      flip: bool = True, show_progress: bool = True) -> PretrainResult:
+                      flip: bool = True, show_progress: bool = True, checkpoint: str | Path | None = None,
+                      checkpoint_every: int = 50, resume: bool = True) -> PretrainResult:
     """Train a U-Net from scratch as a latent denoiser (DDPM objective), in place.
 
     Each step draws latents, timesteps t ~ U{0..T-1} and noise ε, forms
@@ -146,6 +150,11 @@ def pretrain_denoiser(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, 
     on the target the scheduler config names: ε (``epsilon``) or v = √ᾱ_t ε − √(1-ᾱ_t) z
     (``v_prediction``). This gives the offline path what SD 2.1 brings pretrained: a U-Net that
     already understands this latent space, before LoRA adapts it.
+
+    ``checkpoint``: a file written atomically every ``checkpoint_every`` steps and at the end
+    (U-Net, optimiser, random-number state, history); with ``resume`` an existing one is
+    continued, so re-running the same call after an interruption finishes the same run.
+    ``steps`` counts in total, including what the checkpoint already did.
     """
     from diffusers import DDPMScheduler
 
@@ -153,13 +162,35 @@ def pretrain_denoiser(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, 
     prediction = scheduler.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
         raise ValueError(f"unsupported prediction_type {prediction!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
     device = next(unet.parameters()).device
     unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     g = torch.Generator().manual_seed(seed)
     cond = prompt_embeds.to(device)
-    history, start = [], time.perf_counter()
-    bar = _bar(range(steps), show_progress, desc="pre-training the denoiser")
+    settings = {"batch_size": batch_size, "lr": lr, "seed": seed, "flip": flip, "latents": list(latents.shape),
+                "prediction_type": prediction}
+    history, done, spent = [], 0, 0.0
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        state = load_file(checkpoint)
+        if not isinstance(state, dict) or state.get("format") != PRETRAIN_FORMAT:
+            raise ValueError(f"{checkpoint} is not a denoiser pre-training checkpoint")
+        if state["settings"] != settings:
+            raise ValueError(f"{checkpoint} was written with {state['settings']}, this run has {settings}; "
+                             "use another checkpoint file or start afresh (resume=False)")
+        unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["rng"])
+        history, done, spent = [dict(r) for r in state["history"]], int(state["step"]), float(state["seconds"])
+    start = time.perf_counter()
+
+    def save(step: int) -> None:
+        save_state({"format": PRETRAIN_FORMAT, "settings": settings, "unet": unet.state_dict(),
+                    "opt": opt.state_dict(), "rng": g.get_state(), "step": step, "history": history,
+                    "seconds": spent + time.perf_counter() - start}, checkpoint)
+
+    bar = _bar(range(done, steps), show_progress, desc="pre-training the denoiser", initial=done, total=steps)
     for step in bar:
         idx = torch.randint(0, latents.shape[0], (batch_size,), generator=g)
         z = latents[idx].to(device)
@@ -180,8 +211,10 @@ def pretrain_denoiser(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, 
         history.append({"step": step + 1, "loss": loss.item()})
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            save(step + 1)
     unet.eval().requires_grad_(False)
-    return PretrainResult(history, time.perf_counter() - start)
+    return PretrainResult(history, spent + time.perf_counter() - start)
 
 
 def _alphas(scheduler_config: dict, t: torch.Tensor) -> torch.Tensor:

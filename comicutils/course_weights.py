@@ -1,0 +1,525 @@
+"""Course weights: each chapter's model trained far longer than a notebook can, shipped with the course.
+
+A notebook trains its own quick model in minutes; the course weights are the *same recipe* run
+for hours, with the course's own code, seeded and resumable:
+
+    python -m comicutils course-weights train NAME      # resumable; --steps N for a longer run
+    python -m comicutils course-weights export NAME     # fp16 safetensors into data/pretrained/
+
+The registry, ``comicutils/course_weights.json`` (inside the package, so an installed package has
+it too), records, for every weight: its files (sha256, bytes), the exact
+command that regenerates it (with the number of steps it was trained for), the data it was
+trained on, its licence, the wall time and machine, and the digest of the state training starts
+from (a test re-runs the command for a step and checks that it starts there).
+
+Where the files are looked for: ``COMICUTILS_PRETRAINED`` if set (a folder with its own
+``registry.json`` there overrides the packaged one), else ``data/pretrained/`` of a checkout, else
+the course repository on GitHub (``COMICUTILS_PRETRAINED_URL`` overrides the address): downloaded
+into the asset cache and checked against the registry's sha256, like every other asset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .runtime import atomic_dir, atomic_path, project_root, runs_root, seed_everything
+
+__all__ = ["RECIPES", "Recipe", "pretrained_dir", "registry", "entry", "names", "available", "path",
+           "verify", "state_digest", "train", "export", "load_denoiser", "load_comicdiff", "load_pix2pix",
+           "CourseWeightMissing", "REGISTRY_NAME", "PRETRAINED_ENV"]
+
+PRETRAINED_ENV = "COMICUTILS_PRETRAINED"
+URL_ENV = "COMICUTILS_PRETRAINED_URL"
+REGISTRY_NAME = "registry.json"
+REPO_RAW = "https://raw.githubusercontent.com/photo-to-comic/photo-to-comic/main/data/pretrained/"
+SIZE_BUDGET = 40 * 2 ** 20                      # every course weight together, in bytes
+
+DATA_LICENCE = ("weights: MIT, like the course code; trained on the face2comics preview grids "
+                "(Sxela/face2comics, MIT) through taef2 (madebyollin/taesd, MIT)")
+
+
+class CourseWeightMissing(FileNotFoundError):
+    """A course weight is not here (not exported yet, or the files are missing)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One course weight: what it is, how long it trains by default, and its settings."""
+
+    name: str
+    chapter: str
+    what: str
+    steps: int
+    settings: dict = field(default_factory=dict)
+    data: str = ""
+    needs: tuple[str, ...] = ()
+
+    def command(self, steps: int | None = None) -> str:
+        return f"python -m comicutils course-weights train {self.name} --steps {steps or self.steps}"
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("comicdiff-denoiser", "04",
+           "the offline ComicDiff U-Net (12.7 M parameters) pre-trained as a latent denoiser at 256 px",
+           steps=500,
+           settings={"size": 256, "batch_size": 8, "lr": 3e-4, "seed": 0, "flip": True, "checkpoint_every": 25},
+           data="taef2 latents of the face2comics v2 and v1 preview grids' training splits, photos and comics "
+                "(160 images at 256 px, mirrored at random); no held-out pair"),
+    Recipe("comicdiff-adapter", "04",
+           "the LoRA adapter (rank 8, attention + feed-forward) on the course denoiser, single step at t = 1, "
+           "MSE + 0.8 x taef2 perceptual distance, at 256 px",
+           steps=600,
+           settings={"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr": 1e-3,
+                     "lpips_weight": 0.8, "perceptual": "taef2", "aug_copies": 2, "seed": 0,
+                     "checkpoint_every": 25},
+           data="the 40 training pairs of the face2comics v2 preview grid at 256 px, mirrored, plus 2 jointly "
+                "augmented copies (160 latent pairs); the 10 held-out pairs are never seen",
+           needs=("comicdiff-denoiser",)),
+    Recipe("pix2pix", "02",
+           "a pix2pix U-Net generator (ngf 16, 3.4 M parameters) with a 70 px PatchGAN, L1 weight 100, at 256 px",
+           steps=4000,
+           settings={"size": 256, "generator": "unet", "ngf": 16, "batch_size": 1, "lr": 2e-4, "lambda_l1": 100.0,
+                     "gan_mode": "vanilla", "seed": 0, "checkpoint_every": 5},
+           data="the 40 training pairs of the face2comics v2 preview grid at 256 px with joint augmentation; "
+                "the 10 held-out pairs are never seen"),
+]}
+
+
+# --------------------------------------------------------------------------- where they are
+def pretrained_dir() -> Path | None:
+    """``COMICUTILS_PRETRAINED``, else ``data/pretrained/`` of a checkout, else None (installed package)."""
+    env = os.environ.get(PRETRAINED_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    root = project_root()
+    return root / "data" / "pretrained" if root is not None else None
+
+
+PACKAGED_REGISTRY = Path(__file__).resolve().parent / "course_weights.json"
+
+
+def registry_file() -> Path:
+    """``COMICUTILS_PRETRAINED/registry.json`` if that exists, else the packaged registry."""
+    env = os.environ.get(PRETRAINED_ENV, "").strip()
+    if env and (Path(env).expanduser() / REGISTRY_NAME).is_file():
+        return Path(env).expanduser() / REGISTRY_NAME
+    return PACKAGED_REGISTRY
+
+
+def registry() -> dict[str, dict]:
+    """The registry: ``{name: entry}`` (empty when nothing has been exported)."""
+    f = registry_file()
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def names() -> list[str]:
+    return list(RECIPES)
+
+
+def _recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown course weight {name!r}; choose from {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def entry(name: str) -> dict:
+    """The registry entry of ``name``; a one-line error if it has not been exported."""
+    _recipe(name)
+    reg = registry()
+    if name not in reg:
+        raise CourseWeightMissing(
+            f"course weight {name!r} is not in the registry yet; train and export it with "
+            f"`{RECIPES[name].command()}` then `python -m comicutils course-weights export {name}`")
+    return reg[name]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch_file(rel: str, sha: str) -> Path:
+    """A registry file from the checkout / COMICUTILS_PRETRAINED, else the asset cache, else GitHub."""
+    folder = pretrained_dir()
+    if folder is not None and (folder / rel).is_file():
+        return folder / rel
+    from . import assets
+
+    cached = assets.cache_dir() / "pretrained" / rel
+    if cached.is_file() and _sha256(cached) == sha:
+        return cached
+    if assets.offline():
+        raise CourseWeightMissing(f"{rel} is not in this checkout and downloads are off (offline)")
+    import urllib.request
+
+    url = (os.environ.get(URL_ENV, "").strip() or REPO_RAW).rstrip("/") + "/" + rel
+    with atomic_path(cached) as tmp:              # a partial download never lands in the cache
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as fh:
+            shutil.copyfileobj(resp, fh)
+        if _sha256(Path(tmp)) != sha:
+            raise ValueError(f"{url} does not match the registry's sha256")
+    return cached
+
+
+def path(name: str, *, check: bool = True) -> Path:
+    """The folder holding course weight ``name``'s files, each checked against its sha256."""
+    e = entry(name)
+    found = None
+    for rel, meta in e["files"].items():
+        try:
+            p = _fetch_file(rel, meta["sha256"])
+        except Exception as err:
+            raise CourseWeightMissing(f"course weight {name!r}: {rel} is not here and could not be fetched "
+                                      f"({' '.join(str(err).split())[:160]})") from err
+        if check and _sha256(p) != meta["sha256"]:
+            raise ValueError(f"course weight {name!r}: {p} does not match its sha256 in the registry "
+                             "(changed or corrupt); export it again or restore it from git")
+        found = p.parent
+    return found
+
+
+def available(name: str) -> bool:
+    """True when ``name`` is registered and its files are here with the right checksums."""
+    try:
+        path(name)
+        return True
+    except (CourseWeightMissing, ValueError):
+        return False
+
+
+def verify() -> list[tuple[str, str]]:
+    """``(name, "ok" | reason)`` for every registered weight."""
+    out = []
+    for name in registry():
+        try:
+            path(name)
+            out.append((name, "ok"))
+        except (CourseWeightMissing, ValueError) as err:
+            out.append((name, str(err)))
+    return out
+
+
+# --------------------------------------------------------------------------- digests
+def state_digest(state: torch.nn.Module | dict) -> str:
+    """sha256 over a module's (or state dict's) tensors in float32, names sorted: the same
+    weights give the same digest on any machine and in any precision they were stored."""
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key]
+        if not torch.is_tensor(t):
+            continue
+        h.update(key.encode())
+        h.update(t.detach().to("cpu", torch.float32 if t.is_floating_point() else t.dtype).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- training
+def work_dir(name: str) -> Path:
+    """Where ``train`` keeps its checkpoints: ``<runs>/course-weights/NAME``."""
+    return runs_root() / "course-weights" / name
+
+
+def _write_json(p: Path, obj: dict) -> None:
+    with atomic_path(p) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=1, default=str))
+
+
+def _start(name: str, work: Path, digest: str) -> dict:
+    """Record (or check) the state a run starts from in ``work/run.json``."""
+    run_file = work / "run.json"
+    recipe = RECIPES[name]
+    if run_file.is_file():
+        run = json.loads(run_file.read_text())
+        if run.get("start_digest") != digest or run.get("settings") != recipe.settings:
+            raise ValueError(f"{work} holds a run of another start state or settings; move it away or pass "
+                             "another --work folder")
+        return run
+    run = {"name": name, "settings": recipe.settings, "start_digest": digest, "seconds": 0.0,
+           "machine": _machine()}
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(run_file, run)
+    return run
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {os.cpu_count()} cores ({platform.machine()}), {torch.get_num_threads()} torch threads"
+
+
+def _add_seconds(work: Path, seconds: float, steps: int, first_loss: float | None) -> dict:
+    run_file = work / "run.json"
+    run = json.loads(run_file.read_text())
+    run["seconds"] = float(run.get("seconds", 0.0)) + seconds
+    run["steps"] = steps
+    if first_loss is not None and "first_loss" not in run:
+        run["first_loss"] = first_loss
+    _write_json(run_file, run)
+    return run
+
+
+def _train_pairs(size: int, version: str = "v2"):
+    from . import data
+
+    return data.train_test_pairs(data.face2comics_pairs(version, size=size))
+
+
+def _train_denoiser(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
+    from .comicdiff import components as C
+    from .comicdiff import train as T
+
+    s = recipe.settings
+    comps = C.offline_components(seed=s["seed"], announce=False)
+    unet = comps.unet
+    _start(recipe.name, work, state_digest(unet))
+    images = []
+    for version in ("v2", "v1"):
+        train, _ = _train_pairs(s["size"], version)
+        images += [train.photos, train.comics]
+    latents = T.encode_images(comps.codec, torch.cat(images), show_progress=show_progress)
+    result = T.pretrain_denoiser(unet, latents, comps.prompt_embeds, comps.scheduler_config, steps=steps,
+                                 batch_size=s["batch_size"], lr=s["lr"], seed=s["seed"], flip=s["flip"],
+                                 show_progress=show_progress, checkpoint=work / "pretrain.pt",
+                                 checkpoint_every=s["checkpoint_every"])
+    first = result.history[0]["loss"] if result.history else None
+    return len(result.history), first
+
+
+def _comicdiff_on(denoiser_dir: Path, seed: int):
+    from .comicdiff import components as C
+    from .comicdiff.model import ComicDiff
+
+    comps = C.offline_components(seed=seed, denoiser=str(denoiser_dir), announce=False)
+    return ComicDiff(comps)
+
+
+def _train_adapter(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
+    from . import data
+    from .comicdiff import train as T
+
+    s = recipe.settings
+    model = _comicdiff_on(path("comicdiff-denoiser"), s["seed"])
+    model.add_lora(s["rank"], feed_forward=s["feed_forward"], seed=s["seed"])
+    _start(recipe.name, work, state_digest(model.unet))
+    train, _ = _train_pairs(s["size"])
+    dataset = T.encode_pairs(model.codec, train, augment=data.JointAugment(), copies=s["aug_copies"],
+                             seed=s["seed"], show_progress=show_progress)
+    cfg = T.TrainConfig(rank=s["rank"], feed_forward=s["feed_forward"], lr=s["lr"], batch_size=s["batch_size"],
+                        epochs=10 ** 6, max_steps=steps, lpips_weight=s["lpips_weight"], perceptual=s["perceptual"],
+                        checkpoint_every=s["checkpoint_every"], seed=s["seed"])
+    result = T.train_lora(model, dataset, cfg, out_dir=work, resume=True, show_progress=show_progress)
+    first = result.history[0]["loss"] if result.history and result.history[0].get("step") == 1 else None
+    return result.steps, first
+
+
+def _build_pix2pix(s: dict):
+    from . import pix2pix as P
+
+    seed_everything(s["seed"])
+    generator = P.build_generator(s["generator"], s["size"], ngf=s["ngf"])
+    discriminator = P.PatchDiscriminator()
+    return P.Pix2PixTrainer(generator, discriminator, perceptual=None, lambda_l1=s["lambda_l1"], lr=s["lr"],
+                            gan_mode=s["gan_mode"], device="cpu" if not torch.cuda.is_available() else None)
+
+
+def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
+    from . import data
+
+    s = recipe.settings
+    trainer = _build_pix2pix(s)
+    _start(recipe.name, work, state_digest(trainer.generator))
+    train, _ = _train_pairs(s["size"])
+    dataset = data.PairDataset(train, augment=data.JointAugment(), seed=s["seed"])
+    trainer.train(dataset, epochs=10 ** 6, steps=steps, batch_size=s["batch_size"], checkpoint=work / "trainer.pt",
+                  resume=True, show_progress=show_progress, seed=s["seed"], checkpoint_every=s["checkpoint_every"])
+    first = trainer.history[0]["g_total"] if trainer.history and trainer.history[0]["step"] == 1 else None
+    return trainer.step, first
+
+
+TRAINERS: dict[str, Callable[[Recipe, int, Path, bool], tuple[int, float | None]]] = {
+    "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter, "pix2pix": _train_pix2pix}
+
+
+def train(name: str, steps: int | None = None, *, work: str | os.PathLike | None = None,
+          show_progress: bool = True) -> dict:
+    """Run (or resume) course weight ``name``'s recipe until ``steps`` optimiser steps in total
+    (default: the recipe's). Checkpoints go to ``work`` (default :func:`work_dir`); a kill loses
+    at most ``checkpoint_every`` steps. Returns ``work/run.json``: start digest, steps, seconds."""
+    recipe = _recipe(name)
+    steps = recipe.steps if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    work = Path(work) if work is not None else work_dir(name)
+    for need in recipe.needs:
+        if not available(need):
+            raise CourseWeightMissing(f"{name} trains on course weight {need!r}, which is not exported yet: run "
+                                      f"`{RECIPES[need].command()}` and `python -m comicutils course-weights "
+                                      f"export {need}` first")
+    start = time.perf_counter()
+    done, first = 0, None
+    try:
+        done, first = TRAINERS[name](recipe, steps, work, show_progress)
+    finally:
+        if (work / "run.json").is_file():
+            run = _add_seconds(work, time.perf_counter() - start, done or _steps_done(name, work), first)
+    return run
+
+
+def _steps_done(name: str, work: Path) -> int:
+    """Steps in the newest checkpoint of ``work`` (0 if none)."""
+    from .checkpoints import latest_checkpoint_dir, load_file
+
+    if name == "comicdiff-denoiser" and (work / "pretrain.pt").is_file():
+        return int(load_file(work / "pretrain.pt")["step"])
+    if name == "pix2pix" and (work / "trainer.pt").is_file():
+        return int(load_file(work / "trainer.pt")["step"])
+    if name == "comicdiff-adapter":
+        found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
+        if found is not None:
+            return int(found[1].get("step", 0))
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+def _half_state(state: dict) -> dict:
+    return {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+            for k, v in state.items()}
+
+
+def _export_files(name: str, work: Path, tmp: Path) -> dict:
+    """Write ``name``'s fp16 files into ``tmp``; return extra registry fields."""
+    from safetensors.torch import save_file
+
+    from .checkpoints import latest_checkpoint_dir, load_file
+
+    if name == "comicdiff-denoiser":
+        from .comicdiff import components as C
+
+        state = load_file(work / "pretrain.pt")
+        unet = C.build_unet()
+        unet.load_state_dict(state["unet"])
+        unet.half().save_pretrained(tmp, safe_serialization=True)
+        return {"steps": int(state["step"]), "final_loss": _mean_tail([r["loss"] for r in state["history"]])}
+    if name == "pix2pix":
+        state = load_file(work / "trainer.pt")
+        config = dict(state["config"]["generator"])
+        save_file(_half_state(state["generator"]), str(tmp / "generator.safetensors"),
+                  metadata={"config": json.dumps(config)})
+        return {"steps": int(state["step"]), "epochs": int(state["epoch"]), "config": config,
+                "final_loss": _mean_tail([r["g_l1"] for r in state["history"]])}
+    if name == "comicdiff-adapter":
+        found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
+        if found is None or not (found[0] / "adapter").is_dir():
+            raise CourseWeightMissing(f"no adapter checkpoint in {work}; run `{RECIPES[name].command()}` first")
+        src = found[0] / "adapter"
+        from safetensors.torch import load_file as load_st
+
+        for f in src.iterdir():
+            if f.suffix == ".safetensors":
+                save_file(_half_state(load_st(str(f))), str(tmp / f.name))
+            elif f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        info = json.loads((src / "provenance.json").read_text()) if (src / "provenance.json").is_file() else {}
+        return {"steps": int(found[1].get("step", info.get("step", 0)))}
+    raise ValueError(name)
+
+
+def _mean_tail(values: list[float], n: int = 50) -> float | None:
+    tail = values[-n:]
+    return float(sum(tail) / len(tail)) if tail else None
+
+
+def export(name: str, *, work: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict:
+    """Export the newest checkpoint of ``name`` as fp16 safetensors into ``out/NAME/`` and record it
+    in ``out/registry.json``; by default into ``data/pretrained/`` of the checkout, recorded in the
+    packaged registry. Returns the entry."""
+    recipe = _recipe(name)
+    work = Path(work) if work is not None else work_dir(name)
+    if not (work / "run.json").is_file():
+        raise CourseWeightMissing(f"nothing trained in {work}; run `{recipe.command()}` first")
+    run = json.loads((work / "run.json").read_text())
+    reg_file = Path(out) / REGISTRY_NAME if out is not None else PACKAGED_REGISTRY
+    out = Path(out) if out is not None else pretrained_dir()
+    if out is None:
+        raise ValueError("no data/pretrained folder here (installed package): pass out= or set "
+                         f"{PRETRAINED_ENV}")
+    target = out / name
+    with atomic_dir(target, overwrite=True) as tmp:
+        extra = _export_files(name, work, Path(tmp))
+    files = {f"{name}/{p.name}": {"sha256": _sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(target.iterdir()) if p.is_file()}
+    steps = int(extra.pop("steps"))
+    item = {"chapter": recipe.chapter, "what": recipe.what, "files": files, "command": recipe.command(steps),
+            "steps": steps, "settings": recipe.settings, "data": recipe.data, "licence": DATA_LICENCE,
+            "start_digest": run["start_digest"], "first_loss": run.get("first_loss"),
+            "seconds": round(float(run.get("seconds", 0.0))), "machine": run.get("machine"),
+            "needs": list(recipe.needs), **extra}
+    reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+    reg[name] = item
+    total = sum(m["bytes"] for e in reg.values() for m in e["files"].values())
+    if total > SIZE_BUDGET:
+        raise ValueError(f"the course weights would take {total / 2 ** 20:.1f} MB, over the "
+                         f"{SIZE_BUDGET / 2 ** 20:.0f} MB budget")
+    _write_json(reg_file, dict(sorted(reg.items())))
+    return item
+
+
+# --------------------------------------------------------------------------- loading
+def load_denoiser():
+    """The course's pre-trained offline denoiser (a diffusers U-Net, float32, frozen)."""
+    from .comicdiff.components import load_denoiser as _load
+
+    return _load(path("comicdiff-denoiser")).float()
+
+
+def load_comicdiff(*, alpha: float = 1.0, merge: bool = False):
+    """The course ComicDiff (offline path): course denoiser + course adapter, ready to translate."""
+    from .comicdiff.model import load_translator
+
+    return load_translator(path("comicdiff-adapter"), denoiser=path("comicdiff-denoiser"), alpha=alpha,
+                           merge=merge)
+
+
+def load_pix2pix(device: str | torch.device = "cpu"):
+    """The course pix2pix generator (float32, eval mode)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file as load_st
+
+    from . import pix2pix as P
+
+    file = path("pix2pix") / "generator.safetensors"
+    with safe_open(str(file), "pt") as fh:
+        config = json.loads(fh.metadata()["config"])
+    kwargs = {k: v for k, v in config.items() if k not in ("name", "size")}
+    generator = P.build_generator(config["name"], config["size"], **kwargs)
+    generator.config.update(config)
+    generator.load_state_dict({k: v.float() for k, v in load_st(str(file)).items()})
+    return generator.to(device).eval()
+
+
+def describe() -> list[dict[str, Any]]:
+    """One row per recipe: registered or not, steps, MB, command."""
+    reg = registry()
+    rows = []
+    for name, recipe in RECIPES.items():
+        e = reg.get(name)
+        rows.append({"name": name, "chapter": recipe.chapter,
+                     "steps": e["steps"] if e else None,
+                     "MB": round(sum(m["bytes"] for m in e["files"].values()) / 2 ** 20, 2) if e else None,
+                     "hours": round(e["seconds"] / 3600, 2) if e else None,
+                     "command": e["command"] if e else recipe.command() + "  (not exported yet)"})
+    return rows
