@@ -73,6 +73,15 @@ def existing_file(text: str) -> str:
     return text
 
 
+def file_or_course(text: str) -> str:
+    """A file, or ``course`` for the course weights (``course-weights list``)."""
+    return text if text == "course" else existing_file(text)
+
+
+def dir_or_course(text: str) -> str:
+    return text if text == "course" else existing_dir(text)
+
+
 def existing_dir(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"no such folder: {text}")
@@ -294,19 +303,20 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
 
     def pix2pix_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method pix2pix (trained generator, chapters 02-03)")
-        g.add_argument("--checkpoint", metavar="CKPT", type=existing_file, help="generator or trainer checkpoint "
-                       "from train-pix2pix / Pix2PixTrainer (required); sets the default --size")
+        g.add_argument("--checkpoint", metavar="CKPT", type=file_or_course, help="generator or trainer checkpoint "
+                       "from train-pix2pix / Pix2PixTrainer, or 'course' for the course weights (required); "
+                       "sets the default --size")
         g.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: the best available)")
 
     def pix2pix_options(args) -> dict:
         if not args.checkpoint:
-            sub.error("--method pix2pix needs --checkpoint CKPT")
+            sub.error("--method pix2pix needs --checkpoint CKPT (or --checkpoint course)")
         return {"checkpoint": args.checkpoint, "device": args.device}
 
     def comicdiff_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method comicdiff (single-step LoRA U-Net, chapters 04-05)")
-        g.add_argument("--adapter", metavar="DIR", type=existing_dir, help="adapter folder written by train_lora "
-                       "(e.g. data/runs/04/lora-r8/adapter; required)")
+        g.add_argument("--adapter", metavar="DIR", type=dir_or_course, help="adapter folder written by train_lora "
+                       "(e.g. data/runs/04/lora-r8/adapter), or 'course' for the course weights (required)")
         g.add_argument("--alpha", type=finite_float(), default=1.0, help="residual blend: 0 = VAE "
                        "reconstruction, 1 = as trained")
         g.add_argument("--denoiser", metavar="DIR", type=existing_dir, help="offline path's pre-trained U-Net "
@@ -314,7 +324,7 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
 
     def comicdiff_options(args) -> dict:
         if not args.adapter:
-            sub.error("--method comicdiff needs --adapter DIR")
+            sub.error("--method comicdiff needs --adapter DIR (or --adapter course)")
         return {"adapter": args.adapter, "alpha": args.alpha, "denoiser": args.denoiser}
 
     methods = {"nst": ("Gatys neural style transfer (optimises each image)", nst_arguments, nst_options),
@@ -510,10 +520,12 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--size", type=int, default=128, help="evaluation size in px (at least the largest "
                      "minimum of the metrics, see comicutils.evaluation.MIN_SIZE)")
     sub.add_argument("--limit", type=int_at_least(1), default=None, help="use only the first N held-out pairs")
-    sub.add_argument("--checkpoint", type=existing_file, help="pix2pix generator checkpoint (for --methods pix2pix)")
+    sub.add_argument("--checkpoint", type=file_or_course, help="pix2pix generator checkpoint, or 'course' for the "
+                     "course weights (for --methods pix2pix)")
     sub.add_argument("--style", type=existing_file, help="style image for nst (default: a training-split comic)")
     sub.add_argument("--nst-steps", type=int_at_least(1), default=100)
-    sub.add_argument("--adapter", type=existing_dir, help="ComicDiff adapter folder (for --methods comicdiff)")
+    sub.add_argument("--adapter", type=dir_or_course, help="ComicDiff adapter folder, or 'course' for the course "
+                     "weights (for --methods comicdiff)")
     sub.add_argument("--alpha", type=finite_float(), default=1.0, help="ComicDiff residual blend")
     sub.add_argument("--json", help="write the table to this JSON file")
 

@@ -26,7 +26,7 @@ from . import metrics
 from .runtime import by_mode, get_mode, notice_banner
 
 EVAL_METRICS = ("ssim", "psnr", "mse", "fsim", "lpips_vgg", "lpips_alex", "id_dist")
-SET_METRICS = ("fid", "kid")
+SET_METRICS = ("fid", "kid", "fd_taef2")
 STYLE_METRICS = ("style_acc", "is")
 STYLE_TARGET = "comic v2"
 COLUMNS = ("method", "mode", "weights", "parameters", "seconds_per_image", *EVAL_METRICS, *SET_METRICS,
@@ -56,7 +56,9 @@ def evaluate(methods: Mapping[str, object] | Sequence[object], photos: torch.Ten
     metrics are NaN with the reason in ``df.attrs["unavailable"]``. ``df.attrs["outputs"]``
     keeps each method's images for figures. ``set_metrics`` (FID, KID) compare the *set* of
     outputs with the set of comics on the FID Inception's features (:mod:`comicutils.fid`);
-    without its weights they are NaN with the reason. With a few dozen pairs FID is dominated
+    without its weights they are NaN with the reason. ``fd_taef2`` is the same Fréchet distance
+    on pooled taef2 features (:func:`comicutils.fid.feature_frechet_distance`): computable
+    offline, labelled as what it is, and not comparable with any published FID. With a few dozen pairs FID is dominated
     by its estimation error (2048-d covariances); KID is unbiased and the better guide there.
     In ``full`` mode a metric that cannot be computed is an error
     (:class:`~comicutils.metrics.MetricUnavailable`, saying which weights are missing), not NaN.
@@ -112,6 +114,17 @@ def _set_metric(name: str, outputs: torch.Tensor, comics: torch.Tensor, unavaila
         raise ValueError(f"unknown set metric {name!r}")
     if name in unavailable:
         return float("nan")
+    if name == "fd_taef2":
+        from .assets import AssetUnavailable
+
+        side = min(outputs.shape[-2:])
+        try:
+            return fid.feature_frechet_distance(outputs, comics, size=max(8, side - side % 8))
+        except AssetUnavailable as err:
+            if get_mode() == "full":
+                raise
+            unavailable[name] = f"FD on taef2 features n/a: {err}"
+            return float("nan")
     try:
         if "outputs" not in features:
             features["outputs"] = fid.features(outputs)
@@ -158,6 +171,17 @@ def _style_metric(name: str, outputs: torch.Tensor, unavailable: dict, classifie
         raise ValueError(f"unknown style metric {name!r}")
     if name in unavailable:
         return float("nan")
+    if name == "fd_taef2":
+        from .assets import AssetUnavailable
+
+        side = min(outputs.shape[-2:])
+        try:
+            return fid.feature_frechet_distance(outputs, comics, size=max(8, side - side % 8))
+        except AssetUnavailable as err:
+            if get_mode() == "full":
+                raise
+            unavailable[name] = f"FD on taef2 features n/a: {err}"
+            return float("nan")
     try:
         if name == "style_acc":
             if "model" not in classifier:

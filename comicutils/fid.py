@@ -206,3 +206,25 @@ def kid(images_a: torch.Tensor, images_b: torch.Tensor, extractor: nn.Module | N
     """KID (mean, std) between two image sets; see :func:`kernel_inception_distance`."""
     return kernel_inception_distance(features(images_a, extractor), features(images_b, extractor),
                                      **kwargs)
+
+
+# --------------------------------------------------------------------------- the offline stand-in
+@torch.no_grad()
+def pooled_features(images: torch.Tensor, extractor=None, block: int = 13, batch_size: int = 32) -> torch.Tensor:
+    """Spatially pooled taef2 block features (N, 64) of images in [0, 1] (H, W multiples of 8)."""
+    from .taesd import FeatureExtractor
+
+    extractor = extractor if extractor is not None else FeatureExtractor((block,))
+    out = [extractor(images[i:i + batch_size])[block].mean((2, 3)) for i in range(0, len(images), batch_size)]
+    return torch.cat(out).cpu()
+
+
+def feature_frechet_distance(images: torch.Tensor, reference: torch.Tensor, *, size: int = 64) -> float:
+    """Fréchet distance between pooled taef2 features of two image sets (resized to ``size``).
+
+    A *stand-in* for FID (which needs the FID Inception weights): same formula, other features,
+    so its values are not comparable to any published FID. Label it "FD on taef2 features".
+    """
+    from .images import resize
+
+    return frechet_distance(pooled_features(resize(images, size)), pooled_features(resize(reference, size)))

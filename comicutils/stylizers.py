@@ -155,7 +155,8 @@ class NST(Stylizer):
 @register("pix2pix")
 @dataclass
 class Pix2Pix(Stylizer):
-    """A trained pix2pix generator (chapter 02): a checkpoint path or a generator module.
+    """A trained pix2pix generator (chapter 02): a checkpoint path, ``"course"`` (the course
+    weights, :mod:`comicutils.course_weights`) or a generator module.
 
     Images are resized to the generator's training size and back; inference with per-image
     BatchNorm statistics (the pix2pix paper's rule, see :func:`comicutils.pix2pix.translate`).
@@ -174,8 +175,14 @@ class Pix2Pix(Stylizer):
         if self.generator is None:
             if self.checkpoint is None:
                 raise ValueError("pix2pix needs checkpoint=... or generator=...")
-            self.generator = pix2pix.load_generator(self.checkpoint, device=get_device(self.device))
-            self.weights = f"checkpoint {Path(self.checkpoint).name}"
+            if str(self.checkpoint) == "course":
+                from . import course_weights
+
+                self.generator = course_weights.load_pix2pix(get_device(self.device))
+                self.weights = f"course weights ({course_weights.entry('pix2pix')['steps']} steps)"
+            else:
+                self.generator = pix2pix.load_generator(self.checkpoint, device=get_device(self.device))
+                self.weights = f"checkpoint {Path(self.checkpoint).name}"
         else:
             self.weights = "in-memory generator"
         cfg = dict(getattr(self.generator, "config", {}))
@@ -237,7 +244,8 @@ class ComicDiffStylizer(Stylizer):
     """ComicDiff (chapters 04-05): single-step LoRA U-Net translation, ẑ = z_x + α·Δz.
 
     Give an ``adapter`` folder (``train_lora``'s ``adapter/``; offline adapters find their
-    pre-trained denoiser next to the run) or a ready ``model``. Images are resized to the
+    pre-trained denoiser next to the run), ``"course"`` (the course denoiser and adapter,
+    :mod:`comicutils.course_weights`) or a ready ``model``. Images are resized to the
     adapter's training size and back (bicubic); ``alpha`` blends the learned residual.
     """
 
@@ -254,8 +262,16 @@ class ComicDiffStylizer(Stylizer):
         if self.model is None:
             if self.adapter is None:
                 raise ValueError("comicdiff needs adapter=... or model=...")
-            self.model = load_translator(self.adapter, denoiser=self.denoiser, merge=self.merge)
-            self.weights = f"adapter {Path(self.adapter).parent.name}/{Path(self.adapter).name} ({self.model.path} path)"
+            if str(self.adapter) == "course":
+                from . import course_weights
+
+                self.model = course_weights.load_comicdiff(merge=self.merge)
+                self.weights = (f"course weights (denoiser {course_weights.entry('comicdiff-denoiser')['steps']} + "
+                                f"adapter {course_weights.entry('comicdiff-adapter')['steps']} steps, offline path)")
+            else:
+                self.model = load_translator(self.adapter, denoiser=self.denoiser, merge=self.merge)
+                self.weights = (f"adapter {Path(self.adapter).parent.name}/{Path(self.adapter).name} "
+                                f"({self.model.path} path)")
         else:
             self.weights = f"in-memory model ({self.model.path} path)"
         info = getattr(self.model, "info", {}) or {}

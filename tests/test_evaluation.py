@@ -92,3 +92,16 @@ def test_without_a_classifier_one_is_trained_once_and_announced(monkeypatch, cap
         evaluation._trained_style_classifier.cache_clear()
     assert df.style_acc.tolist() == [1.0] and len(calls) == 1 and "is" not in df.columns
     assert "No style classifier given" in capsys.readouterr().out
+
+
+def test_taef2_frechet_distance_is_computed_offline_and_zero_for_the_same_set(mirror):
+    g = torch.Generator().manual_seed(0)
+    comics = torch.rand(6, 3, 32, 32, generator=g)
+    other = (comics * 0.3 + 0.6).clamp(0, 1)
+    methods = {"oracle": stylizers.build("identity"), "washed": stylizers.build("identity")}
+    df = evaluation.evaluate({"oracle": methods["oracle"]}, comics, comics, metric_names=["ssim"],
+                             set_metrics=("fd_taef2",), style_metrics=())
+    washed = evaluation.evaluate({"washed": methods["washed"]}, other, comics, metric_names=["ssim"],
+                                 set_metrics=("fd_taef2",), style_metrics=())
+    assert abs(df.fd_taef2.iloc[0]) < 1e-3 < washed.fd_taef2.iloc[0]
+    assert "fd_taef2" not in df.attrs["unavailable"]

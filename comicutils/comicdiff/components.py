@@ -207,7 +207,8 @@ def save_denoiser(unet: nn.Module, directory, *, overwrite: bool = False) -> Pat
 
 
 def load_denoiser(directory) -> nn.Module:
-    """A U-Net written by :func:`save_denoiser` (safetensors, no pickle), frozen, eval mode."""
+    """A U-Net written by :func:`save_denoiser` (safetensors, no pickle; fp32 or fp16 files), as a
+    float32 module, frozen, eval mode."""
     from diffusers import UNet2DConditionModel
 
     from diffusers.utils import logging as dlogging
@@ -224,7 +225,7 @@ def load_denoiser(directory) -> nn.Module:
         raise ValueError(f"denoiser {directory} cannot be loaded (corrupt or not a saved U-Net: {first})") from err
     finally:
         dlogging.set_verbosity(level)
-    return unet.eval().requires_grad_(False)
+    return unet.float().eval().requires_grad_(False)    # float32 whatever precision it was stored in
 
 
 def offline_components(unet_config: dict | None = None, *, seed: int = 0, unet: nn.Module | None = None,

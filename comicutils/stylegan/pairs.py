@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..fid import feature_frechet_distance, pooled_features  # noqa: F401  (re-exported)
 from ..images import save_image
 from ..runtime import atomic_dir, progress
 from .model import Generator
@@ -60,28 +61,6 @@ def identity_distance_between(images_a: torch.Tensor, images_b: torch.Tensor, *,
     from ..images import resize
 
     return identity_distance(resize(images_a, size), resize(images_b, size), on_missing="whole", detector="hog")
-
-
-@torch.no_grad()
-def pooled_features(images: torch.Tensor, extractor=None, block: int = 13, batch_size: int = 32) -> torch.Tensor:
-    """Spatially pooled taef2 block features (N, 64) of images in [0, 1] (H, W multiples of 8)."""
-    from ..taesd import FeatureExtractor
-
-    extractor = extractor if extractor is not None else FeatureExtractor((block,))
-    out = [extractor(images[i:i + batch_size])[block].mean((2, 3)) for i in range(0, len(images), batch_size)]
-    return torch.cat(out).cpu()
-
-
-def feature_frechet_distance(images: torch.Tensor, reference: torch.Tensor, *, size: int = 64) -> float:
-    """Fréchet distance between pooled taef2 features of two image sets (resized to ``size``).
-
-    A *stand-in* for FID (which needs the FID Inception weights): same formula, other features,
-    so its values are not comparable to any published FID.
-    """
-    from ..fid import frechet_distance
-    from ..images import resize
-
-    return frechet_distance(pooled_features(resize(images, size)), pooled_features(resize(reference, size)))
 
 
 def upsample_for_display(images: torch.Tensor, size: int = 128) -> torch.Tensor:
