@@ -171,17 +171,6 @@ def _style_metric(name: str, outputs: torch.Tensor, unavailable: dict, classifie
         raise ValueError(f"unknown style metric {name!r}")
     if name in unavailable:
         return float("nan")
-    if name == "fd_taef2":
-        from .assets import AssetUnavailable
-
-        side = min(outputs.shape[-2:])
-        try:
-            return fid.feature_frechet_distance(outputs, comics, size=max(8, side - side % 8))
-        except AssetUnavailable as err:
-            if get_mode() == "full":
-                raise
-            unavailable[name] = f"FD on taef2 features n/a: {err}"
-            return float("nan")
     try:
         if name == "style_acc":
             if "model" not in classifier:
