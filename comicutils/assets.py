@@ -152,6 +152,70 @@ _PORTRAIT_FILES = [
     ("029.jpg", "043b2bfdee6e660ed3bbabc9ddeaf05f2daecd6e9df025ce4d164531452c38b6", 46007),
     ("030.jpg", "b42d076f579d4a9e50cc0c910cf343ed8863dfe105376cf67a7bf4f0d2d7884f", 42500),
 ]
+# 60 more portraits of the same folder and licence (041-100; 031-040 are not mirrored), kept in
+# their own mirror folder: the photo side of GAN training and more unseen test faces.
+_PORTRAIT_EXTRA_FILES = [
+    ("041.jpg", "f73b44bb1c9ea0f1667bdf571f1bc7e91a22cd7dfae48a4e25e7cca68224c827", 53258),
+    ("042.jpg", "3b63f20a75b27f7faae343e728e224e706820ec1cbc01f333ec3712c5992f3ea", 49201),
+    ("043.jpg", "25b147fcbb00806552346bb1cee48b024e384c956e2d3372bcb564698b986074", 56483),
+    ("044.jpg", "b015df524a5e2527c1824d3adce549959c7537f1c05d0ab87289836362c99bad", 50030),
+    ("045.jpg", "60c2247675e398c23e100ab9c78761cc9533a30eb64b0bb7c3473b9bc014a7ba", 55773),
+    ("046.jpg", "a3dd29abceb2fa0b973e317f2969fa2af4b7713bc9d7fbfc6c7574fac70ae8cd", 40017),
+    ("047.jpg", "8e5bbd17496d8f3a25852c0df46b3888c08455cf5c8bff58eb9345cefc4c62a7", 32970),
+    ("048.jpg", "1f540eda443397f7f3c3dafeb6925f3f98b8f3cafbdea9071b9388f3c8df067a", 54043),
+    ("049.jpg", "e99f8f70ff7063c32ecb254d3b0d83ccdf785329a9ac7f2e1829919868f14e48", 48532),
+    ("050.jpg", "a2c320922f7399761d1b7a8ef57ddb4308a86979728fbdc78a9d55af2c3f9478", 38217),
+    ("051.jpg", "b0385874cfe1b32eadb853b5e99fa1c88fa84bb3b1c1209072ac32f61d933118", 32485),
+    ("052.jpg", "4b581963372d03033dfaaf400162bd6ff46c384c4befc7f187c0ce4e3831b985", 41965),
+    ("053.jpg", "8ed0d5d10ec7682c4d84216ae1565e36bc69fabffae35c04d29880411e47f04c", 49835),
+    ("054.jpg", "d2c1ed7efe426a5314679fc592c6065beb0a375849421517adfffbe39053880a", 49532),
+    ("055.jpg", "24970b6f4f85b8878fd3eec9fcc2f3c6cfda19a380ff1470f4666a257206ff4d", 39128),
+    ("056.jpg", "34f5d192cb3d9685df3e5b58055158de7175c632d60eeb084032f34d87688e2f", 47277),
+    ("057.jpg", "bd472db70edce8496e1c3979ef29c835ec1841bd44fcca6d51acf62af44c6b0e", 35001),
+    ("058.jpg", "a9785a3d63c20b24eb763d02fedfd7a1023c8f3ecb84e6a21c054e5d92d413bc", 42491),
+    ("059.jpg", "347891d3bbd67a4c7d5ec459642733326d7b418d37299d820252dfc7a1c2f40a", 51865),
+    ("060.jpg", "3fc408dfe58b453798a127d64f4acba1232ba8a2ea5770dcbc7d254f92f2b20a", 43080),
+    ("061.jpg", "6438c042d56a7d11ebb491c11d4cfb47373776f32135ad9cfa5e6822ac6e8b24", 50476),
+    ("062.jpg", "3af1b93c032d852b47ea59b4b4d38e45a051278832d08932a1839164037f20c1", 47141),
+    ("063.jpg", "0a7c072a989a627563c525322ea0c7a8b9620ce6031b0a5c60fcc75d219128ee", 50810),
+    ("064.jpg", "767ac317b613d75924914879c34094e6e138211d0b82788eba7d7dd77a56481a", 31910),
+    ("065.jpg", "66a00fabf6a37717efef56cdfbd9102a976f24df310fc91e24b569547bb36a51", 37974),
+    ("066.jpg", "3bc9f7ce0c470c68120111d9b67289b9b839ed4ecafd5dd84fd5d14920ef49e7", 64625),
+    ("067.jpg", "e4387f3be3bc8a2f96170269dc0cb9a14da8fc52fe236cbbd40af4f1fcbd8859", 50988),
+    ("068.jpg", "ed4a3124019ac5d95b336f25696cef412788adc8b550b68b4cd9c5d4e6a96008", 46534),
+    ("069.jpg", "9c22fe7f3bab3583aa807080af9ae5c0fc054c70629e47f20ed835e7d41b0193", 53335),
+    ("070.jpg", "93fbb9ddce20a67e0a036c7fe610176422a67c47d1d110f86b53b59a7993b205", 40116),
+    ("071.jpg", "b180f529165bd6ae98a610568dbb227b903733ba101732f4cca49dc7ce7d8490", 37309),
+    ("072.jpg", "c66138945d3142950b893b7a594bba6dcc4ec7840a3ac25d6b0c5707adad37e6", 36460),
+    ("073.jpg", "69b2201a8ff796e12ac776df87b876275b1cc7fe06c1f814c79bced7548b2ad9", 42699),
+    ("074.jpg", "d2f191431d6bba7f47e60f6c0f897898d9fee24ca377260b5cd38664c9231480", 29891),
+    ("075.jpg", "8c49c229338616e4a1b6419c0a1dbaa4aa44c8fed9e1d0a8c5bd061d2bd9bb98", 41971),
+    ("076.jpg", "b7090bb45f88a77a4ee42ac5920d996b619b774d1d8f27ed8ae465acb479a8b8", 43640),
+    ("077.jpg", "5d6cbdfcb6c94bca884859790d8acbed2898bfb2536d7cd6c54ae2cbeaa384e3", 47737),
+    ("078.jpg", "c0c56d216c4dbc833099c012d912c0109bf2ae58f70590828caa10dbe03c5a04", 53026),
+    ("079.jpg", "16ece758a57b8c24268e0a8fe6f8e3d96746e5ed7b7ebb2a67b764cba816dc2b", 46434),
+    ("080.jpg", "5c68db7ee4fef74ca3bda1e5f3726bd6787a34fa8226b0108cceff1fd47bba17", 45496),
+    ("081.jpg", "09a08b1ef3a8732fe67264aea320b18710f45306fe5983a79e60722ba43eed93", 41801),
+    ("082.jpg", "b3985690a9d91118d5770acf5f990c0f8d1e55f3707f8f9a725748cb1e889b34", 64104),
+    ("083.jpg", "6a273528160de9a50e45fe18f4ae6e4a1a95a8d1e6122c299b74783520a9a586", 49755),
+    ("084.jpg", "081c0512b1b8079729c847b2ba6987a1ddb005f7590d5c56d5a6eef1f22b9052", 58335),
+    ("085.jpg", "59aef12cc4e5b504def602d05bc5cdb6bfcc0b458ccd0010c8cbb416f98b5fa0", 49742),
+    ("086.jpg", "6f970b97bac9e036e4a1b21dbbae3e7f6d40056dcbac0c920b9854920650fba7", 32749),
+    ("087.jpg", "866ffbbb5c8805897975aed79caf4144a2cf738630fbef0908ed58d5a375e380", 37723),
+    ("088.jpg", "6822ff09090e96dbfe73e403cf2f55de7df60b68aa05b71f564a734350aea382", 42516),
+    ("089.jpg", "271f03a75bbff6c0aa3b537a092e79c80a1e574f9ec23053d27fdc7122fc7d90", 27680),
+    ("090.jpg", "89ff994131ce8e9a268fc5ee917dccf21d77bf5d7e80d487600aa74cab7c9e21", 33912),
+    ("091.jpg", "822c30740a7236c5be2612237623a694f27830fd7c5a2acedd2d6fb302708cd6", 39088),
+    ("092.jpg", "3355804434fad697b66becfda77ec2c3422a29470e30ab10d428638612280fe5", 39660),
+    ("093.jpg", "c4bec37bd98ee31559ed782403979b15388e6996c77c61060bec6c91e875b421", 54454),
+    ("094.jpg", "7f0a7720a87bf90dc0acafac2d1258d0c02234cff642ffdacbcb47dcfe09a1f3", 45915),
+    ("095.jpg", "f6805c3ed2ccc5c3cf1c4b2df6cbfb2a94667aa2b45924517190ebc4885f2d24", 47900),
+    ("096.jpg", "0ace7155beef60d1e681c67570dba5964343b1f689c70e452f6356e96d64ae90", 36240),
+    ("097.jpg", "00697b04ed5d5a4d8f988e2da5d9e7ad917c5974e78de35ab02039e6e43d0b72", 47572),
+    ("098.jpg", "c459dbbce11d8b3a183a6efcb625e5789fe9f46204c613764ee3fb095b080016", 48948),
+    ("099.jpg", "f4468a25b7998a88dd78f570280a01c0b4f9e2aab6b6908e09fed0e1c17a17f6", 43680),
+    ("100.jpg", "42ef76d72b60128ea655cd5f370c588d9dfcd4d6efc8548444999ad1f602fd43", 44707),
+]
 
 
 def _build_registry() -> dict[str, Asset]:
@@ -188,6 +252,12 @@ def _build_registry() -> dict[str, Asset]:
             f"portrait-{fname[:3]}", _PORTRAITS + fname, sha, size,
             "CC0 1.0 (cjdowner/interfaces, Pexels photos); do not show the people in a bad light",
             f"256x256 real portrait photo {fname}", f"interfaces/256/{fname}", "portraits",
+            mirrored=True))
+    for fname, sha, size in _PORTRAIT_EXTRA_FILES:
+        items.append(_asset(
+            f"portrait-{fname[:3]}", _PORTRAITS + fname, sha, size,
+            "CC0 1.0 (cjdowner/interfaces, Pexels photos); do not show the people in a bad light",
+            f"256x256 real portrait photo {fname}", f"interfaces/256-extra/{fname}", "portraits-extra",
             mirrored=True))
     items += _full_mode_assets()
     registry = {}

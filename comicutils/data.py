@@ -484,10 +484,13 @@ def build_face_dataset(sources, out_dir: str | os.PathLike, *, min_side: int = 2
 
 # --------------------------------------------------------------------------- unpaired photos
 PORTRAIT_NAMES = [f"portrait-{i:03d}" for i in range(1, 31)]
+PORTRAIT_NAMES_EXTRA = [f"portrait-{i:03d}" for i in range(41, 101)]
+ALL_PORTRAIT_NAMES = PORTRAIT_NAMES + PORTRAIT_NAMES_EXTRA   # the 90 CC0 portraits
 
 
 def portraits(size: int = 256, names: Sequence[str] | None = None) -> tuple[list[str], torch.Tensor]:
-    """The 30 CC0 portraits (real photos, 256 px) -> (names, tensor (N, 3, size, size))."""
+    """CC0 portraits (real photos, 256 px) -> (names, tensor (N, 3, size, size)): the first 30 by
+    default (001-030), ``ALL_PORTRAIT_NAMES`` for all 90 (with 041-100)."""
     names = list(names or PORTRAIT_NAMES)
     tensors = [load_tensor(assets.fetch(n), size) for n in names]
     return names, torch.cat(tensors)

@@ -50,7 +50,7 @@ def test_registry_holds_every_mirrored_file_of_sources_md():
         pytest.skip("shared/assets/SOURCES.md not beside the checkout")
     text = SOURCES.read_text()
     mirrored = assets.list_assets(mirrored=True)
-    assert len(mirrored) == 34
+    assert len(mirrored) == 94          # 2 grids, 2 taef2 files, 30 + 60 portraits
     for a in mirrored:
         assert a.sha256 in text, a.name
         assert a.url.split("/")[-1].replace("%20", " ") in text or a.filename in text
