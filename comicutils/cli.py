@@ -635,4 +635,28 @@ def main(argv: list[str] | None = None) -> int:
     shows the full traceback instead of the one line."""
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
-    return run_with_error_boundary(lambda: handlers[args.command](args), args.debug)
+    with _terminate_as_interrupt():
+        return run_with_error_boundary(lambda: handlers[args.command](args), args.debug)
+
+
+class _terminate_as_interrupt:
+    """SIGTERM (``kill PID``, a scheduler's stop) ends a command like Ctrl-C does: ``finally``
+    blocks run, a training run's bookkeeping is written, exit code 130. Only in the main thread."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def interrupt(signum, frame):
+                raise KeyboardInterrupt
+            self.previous = signal.signal(signal.SIGTERM, interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False

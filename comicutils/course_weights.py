@@ -35,6 +35,7 @@ from .runtime import atomic_dir, atomic_path, project_root, runs_root, seed_ever
 
 __all__ = ["RECIPES", "Recipe", "pretrained_dir", "registry", "entry", "names", "available", "path",
            "verify", "state_digest", "train", "export", "load_denoiser", "load_comicdiff", "load_pix2pix",
+           "load_stylegan",
            "CourseWeightMissing", "REGISTRY_NAME", "PRETRAINED_ENV"]
 
 PRETRAINED_ENV = "COMICUTILS_PRETRAINED"
@@ -77,7 +78,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("comicdiff-adapter", "04",
            "the LoRA adapter (rank 8, attention + feed-forward) on the course denoiser, single step at t = 1, "
            "MSE + 0.8 x taef2 perceptual distance, at 256 px",
-           steps=600,
+           steps=400,
            settings={"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr": 1e-3,
                      "lpips_weight": 0.8, "perceptual": "taef2", "aug_copies": 2, "seed": 0,
                      "checkpoint_every": 25},
@@ -86,11 +87,28 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            needs=("comicdiff-denoiser",)),
     Recipe("pix2pix", "02",
            "a pix2pix U-Net generator (ngf 16, 3.4 M parameters) with a 70 px PatchGAN, L1 weight 100, at 256 px",
-           steps=4000,
+           steps=3000,
            settings={"size": 256, "generator": "unet", "ngf": 16, "batch_size": 1, "lr": 2e-4, "lambda_l1": 100.0,
                      "gan_mode": "vanilla", "seed": 0, "checkpoint_every": 5},
            data="the 40 training pairs of the face2comics v2 preview grid at 256 px with joint augmentation; "
                 "the 10 held-out pairs are never seen"),
+    Recipe("stylegan-photo", "03",
+           "the micro StyleGAN2 photo generator (64 px, width 128, 32-number latents) fitted by regression "
+           "(GLO: a learned z per photo, taef2 perceptual distance + pixel MSE), with those z's",
+           steps=2000,
+           settings={"size": 64, "width": 128, "style_dim": 32, "batch_size": 16, "lr": 0.002, "latent_lr": 0.01,
+                     "latent_noise": 0.5, "seed": 0, "checkpoint_every": 100},
+           data="the 100 face2comics photos (v2 and v1 preview grids) and the 90 CC0 portraits 001-030 and "
+                "041-100 (cjdowner/interfaces, CC0), each also mirrored: 380 images at 64 px"),
+    Recipe("stylegan-comic", "03",
+           "the micro StyleGAN2 comic generator: a copy of the course photo generator taught that the z of "
+           "each training photo gives its comic (the pairs as pseudo-pair supervision, latents fixed)",
+           steps=1000,
+           settings={"size": 64, "batch_size": 16, "lr": 0.001, "latent_noise": 0.5, "seed": 0,
+                     "checkpoint_every": 100},
+           data="the 40 training pairs of the face2comics v2 preview grid (comics at 64 px, mirrored: 80), "
+                "with the photos' z's from the course photo generator",
+           needs=("stylegan-photo",)),
 ]}
 
 
@@ -350,8 +368,65 @@ def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) 
     return trainer.step, first
 
 
+def _photo_set(size: int):
+    """The photo generator's images: face2comics v2 + v1 photos and the 90 portraits, then mirrors."""
+    from . import data
+
+    photos = torch.cat([data.face2comics_pairs("v2", size=size).photos, data.face2comics_pairs("v1", size=size).photos,
+                        data.portraits(size, data.ALL_PORTRAIT_NAMES)[1]])
+    return torch.cat([photos, photos.flip(-1)])
+
+
+def _comic_set(size: int):
+    """The comic generator's targets and the indices of their photos in :func:`_photo_set`."""
+    from . import data
+
+    pairs = data.face2comics_pairs("v2", size=size)
+    train, _ = data.train_test_pairs(pairs)
+    index = [pairs.keys.index(k) for k in train.keys]     # v2 photos come first in _photo_set
+    n = 2 * len(pairs.keys) + len(data.ALL_PORTRAIT_NAMES)  # photos before their mirrors
+    return torch.cat([train.comics, train.comics.flip(-1)]), index + [i + n for i in index]
+
+
+def _stylegan_loss(size: int):
+    from . import stylegan as sg
+
+    return sg.perceptual_mse(sg.FeatureDistances(feature_size=min(size, 32)))
+
+
+def _train_stylegan_photo(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
+    from . import stylegan as sg
+
+    s = recipe.settings
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s["seed"])
+        G = sg.Generator(sg.micro_config(s["size"], width=s["width"], style_dim=s["style_dim"]))
+    _start(recipe.name, work, state_digest(G))
+    fit = sg.fit_reconstruction(G, _photo_set(s["size"]), steps, batch_size=s["batch_size"], lr=s["lr"],
+                                latent_lr=s["latent_lr"], latent_noise=s["latent_noise"],
+                                loss=_stylegan_loss(s["size"]), seed=s["seed"], desc="course photo generator",
+                                checkpoint=work / "reconstruction.pt", checkpoint_every=s["checkpoint_every"])
+    return len(fit.history), fit.history[0]["reconstruction"] if fit.history else None
+
+
+def _train_stylegan_comic(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
+    from . import stylegan as sg
+
+    s = recipe.settings
+    G, z = load_stylegan("stylegan-photo", with_latents=True)
+    G.train().requires_grad_(True)
+    _start(recipe.name, work, state_digest(G))
+    comics, index = _comic_set(s["size"])
+    fit = sg.fit_reconstruction(G, comics, steps, batch_size=s["batch_size"], lr=s["lr"],
+                                latent_noise=s["latent_noise"], loss=_stylegan_loss(s["size"]), seed=s["seed"],
+                                latents=z[index], learn_latents=False, desc="course comic generator",
+                                checkpoint=work / "reconstruction.pt", checkpoint_every=s["checkpoint_every"])
+    return len(fit.history), fit.history[0]["reconstruction"] if fit.history else None
+
+
 TRAINERS: dict[str, Callable[[Recipe, int, Path, bool], tuple[int, float | None]]] = {
-    "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter, "pix2pix": _train_pix2pix}
+    "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter, "pix2pix": _train_pix2pix,
+    "stylegan-photo": _train_stylegan_photo, "stylegan-comic": _train_stylegan_comic}
 
 
 def train(name: str, steps: int | None = None, *, work: str | os.PathLike | None = None,
@@ -391,6 +466,8 @@ def _steps_done(name: str, work: Path) -> int:
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
         if found is not None:
             return int(found[1].get("step", 0))
+    if name.startswith("stylegan-") and (work / "reconstruction.pt").is_file():
+        return int(load_file(work / "reconstruction.pt")["step"])
     return 0
 
 
@@ -421,6 +498,20 @@ def _export_files(name: str, work: Path, tmp: Path) -> dict:
                   metadata={"config": json.dumps(config)})
         return {"steps": int(state["step"]), "epochs": int(state["epoch"]), "config": config,
                 "final_loss": _mean_tail([r["g_l1"] for r in state["history"]])}
+    if name.startswith("stylegan-"):
+        state = load_file(work / "reconstruction.pt")
+        from . import stylegan as sg
+
+        G = sg.Generator(_stylegan_config(name))
+        G.load_state_dict(state["G"])
+        G.update_w_avg()
+        tensors = {**{f"G.{k}": v for k, v in G.state_dict().items()}, "w_avg": G.w_avg}
+        if name == "stylegan-photo":
+            tensors["z"] = state["z"]
+        save_file(_half_state(tensors), str(tmp / "generator.safetensors"),
+                  metadata={"config": json.dumps(G.config.to_dict())})
+        return {"steps": int(state["step"]),
+                "final_loss": _mean_tail([r["reconstruction"] for r in state["history"]])}
     if name == "comicdiff-adapter":
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
         if found is None or not (found[0] / "adapter").is_dir():
@@ -460,6 +551,12 @@ def export(name: str, *, work: str | os.PathLike | None = None, out: str | os.Pa
     target = out / name
     with atomic_dir(target, overwrite=True) as tmp:
         extra = _export_files(name, work, Path(tmp))
+        others = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+        total = sum(f.stat().st_size for f in Path(tmp).iterdir()) + sum(
+            m["bytes"] for n, e in others.items() if n != name for m in e["files"].values())
+        if total > SIZE_BUDGET:              # checked before anything lands in out/
+            raise ValueError(f"the course weights would take {total / 2 ** 20:.1f} MB, over the "
+                             f"{SIZE_BUDGET / 2 ** 20:.0f} MB budget")
     files = {f"{name}/{p.name}": {"sha256": _sha256(p), "bytes": p.stat().st_size}
              for p in sorted(target.iterdir()) if p.is_file()}
     steps = int(extra.pop("steps"))
@@ -468,14 +565,36 @@ def export(name: str, *, work: str | os.PathLike | None = None, out: str | os.Pa
             "start_digest": run["start_digest"], "first_loss": run.get("first_loss"),
             "seconds": round(float(run.get("seconds", 0.0))), "machine": run.get("machine"),
             "needs": list(recipe.needs), **extra}
-    reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
-    reg[name] = item
-    total = sum(m["bytes"] for e in reg.values() for m in e["files"].values())
-    if total > SIZE_BUDGET:
-        raise ValueError(f"the course weights would take {total / 2 ** 20:.1f} MB, over the "
-                         f"{SIZE_BUDGET / 2 ** 20:.0f} MB budget")
-    _write_json(reg_file, dict(sorted(reg.items())))
+    with _locked(reg_file):                      # two exports at once must not lose an entry
+        reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+        reg[name] = item
+        total = sum(m["bytes"] for e in reg.values() for m in e["files"].values())
+        if total > SIZE_BUDGET:
+            raise ValueError(f"the course weights would take {total / 2 ** 20:.1f} MB, over the "
+                             f"{SIZE_BUDGET / 2 ** 20:.0f} MB budget")
+        _write_json(reg_file, dict(sorted(reg.items())))
     return item
+
+
+class _locked:
+    """An exclusive lock on ``path``'s ``.lock`` sibling (POSIX ``flock``; elsewhere no lock)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(str(path) + ".lock")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w")
+        try:
+            import fcntl
+            fcntl.flock(self.fh, fcntl.LOCK_EX)
+        except ImportError:                      # pragma: no cover - Windows
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+        return False
 
 
 # --------------------------------------------------------------------------- loading
@@ -509,6 +628,40 @@ def load_pix2pix(device: str | torch.device = "cpu"):
     generator.config.update(config)
     generator.load_state_dict({k: v.float() for k, v in load_st(str(file)).items()})
     return generator.to(device).eval()
+
+
+def _stylegan_config(name: str):
+    from . import stylegan as sg
+
+    s = RECIPES["stylegan-photo"].settings
+    return sg.micro_config(s["size"], width=s["width"], style_dim=s["style_dim"])
+
+
+def load_stylegan(name: str = "stylegan-photo", *, with_latents: bool = False):
+    """A course micro StyleGAN2 (``"stylegan-photo"`` or ``"stylegan-comic"``), float32, frozen;
+    ``with_latents=True`` also returns the photo generator's learned z per training photo
+    (the order of the recipe's data: v2 photos, v1 photos, 90 portraits, then their mirrors)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file as load_st
+
+    from . import stylegan as sg
+
+    if name not in ("stylegan-photo", "stylegan-comic"):
+        raise ValueError(f"not a StyleGAN course weight: {name!r}")
+    file = path(name) / "generator.safetensors"
+    with safe_open(str(file), "pt") as fh:
+        config = json.loads(fh.metadata()["config"])
+    config["channels"] = {int(k): v for k, v in config["channels"].items()}     # JSON keys are strings
+    tensors = {k: v.float() for k, v in load_st(str(file)).items()}
+    G = sg.Generator(sg.GeneratorConfig(**config))
+    G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
+    G.w_avg = tensors["w_avg"]
+    G = G.eval().requires_grad_(False)
+    if not with_latents:
+        return G
+    if "z" not in tensors:
+        raise ValueError(f"{name} carries no latents (only stylegan-photo does)")
+    return G, tensors["z"]
 
 
 def describe() -> list[dict[str, Any]]:

@@ -121,6 +121,7 @@ def test_export_refuses_to_go_over_the_size_budget(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="over the"):
         W.export("pix2pix", work=work, out=tmp_path / "pretrained")
     assert not (tmp_path / "pretrained" / W.REGISTRY_NAME).exists()
+    assert not (tmp_path / "pretrained" / "pix2pix").exists()          # nothing half-exported
 
 
 def test_training_resumes_where_it_stopped(tmp_path, monkeypatch):
@@ -193,3 +194,55 @@ def test_state_digest_ignores_precision_but_not_values():
     with torch.no_grad():
         layer.weight[0, 0] += 1
     assert W.state_digest(layer) != d
+
+
+def test_stylegan_recipes_export_generators_and_latents(tmp_path, monkeypatch):
+    """Both StyleGAN recipes at a test size: the photo generator ships its z per training photo,
+    the comic generator starts as the exported photo generator and keeps those z's fixed."""
+    for name, extra in (("stylegan-photo", {"width": 16, "style_dim": 8, "size": 16}), ("stylegan-comic", {"size": 16})):
+        r = W.RECIPES[name]
+        monkeypatch.setitem(W.RECIPES, name, W.Recipe(name, r.chapter, r.what, 2, {**r.settings, **extra},
+                                                      r.data, r.needs))
+    out = tmp_path / "pretrained"
+    monkeypatch.setenv(W.PRETRAINED_ENV, str(out))
+    with pytest.raises(W.CourseWeightMissing, match="stylegan-photo"):
+        W.train("stylegan-comic", 1, work=tmp_path / "c", show_progress=False)
+    W.train("stylegan-photo", 2, work=tmp_path / "p", show_progress=False)
+    W.export("stylegan-photo", work=tmp_path / "p", out=out)
+    G, z = W.load_stylegan("stylegan-photo", with_latents=True)
+    assert z.shape == (2 * (100 + 90), 8) and G.size == 16
+    run = W.train("stylegan-comic", 2, work=tmp_path / "c", show_progress=False)
+    assert run["start_digest"] == W.state_digest(G)          # starts as the photo generator
+    W.export("stylegan-comic", work=tmp_path / "c", out=out)
+    comic = W.load_stylegan("stylegan-comic")
+    assert W.state_digest(comic) != W.state_digest(G)
+    with pytest.raises(ValueError, match="carries no latents"):
+        W.load_stylegan("stylegan-comic", with_latents=True)
+    assert comic.generate([0, 1]).shape == (2, 3, 16, 16)
+
+
+def test_a_terminated_training_command_exits_130_and_keeps_its_bookkeeping(tmp_path, mirror):
+    """``kill PID`` on a running `course-weights train`: exit 130, run.json says how long it ran,
+    no temporary file is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work = tmp_path / "work"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMICUTILS_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "comicutils", "course-weights", "train", "pix2pix",
+                             "--steps", "100000", "--work", str(work)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (work / "run.json").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(3)                                  # a few training steps
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    run = json.loads((work / "run.json").read_text())
+    assert run["seconds"] > 0
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]

@@ -464,10 +464,15 @@ class LatentFit:
     history: list[dict]
 
 
+RECONSTRUCTION_FORMAT = "comicutils-stylegan-reconstruction/1"
+
+
 def fit_reconstruction(G: Generator, images: torch.Tensor, steps: int, *, batch_size: int = 16,
                        lr: float = 0.002, latent_lr: float = 0.01, latent_noise: float = 0.8,
                        loss: Callable | None = None, seed: int = 0,
-                       desc: str = "reconstruction warm start") -> LatentFit:
+                       desc: str = "reconstruction warm start", latents: torch.Tensor | None = None,
+                       learn_latents: bool = True, checkpoint: str | os.PathLike | None = None,
+                       checkpoint_every: int = 100, resume: bool = True) -> LatentFit:
     """Warm-start ``G`` (in place) by regression: every image gets a learnable z, and G and the
     z's are fitted together so that ``G(z_i)`` reproduces image i (Bojanowski et al.'s "GLO").
 
@@ -478,18 +483,46 @@ def fit_reconstruction(G: Generator, images: torch.Tensor, steps: int, *, batch_
     in-between faces, not only the 130 fitted points; a small ``style_dim`` helps the same way. Adversarial training afterwards (:class:`GANTrainer`, with
     :func:`reconstruction_term` to stay anchored) sharpens them. ``loss(pred, target)`` per
     image (default MSE); images (N, 3, size, size) in [0, 1].
+
+    ``latents``: start from these z's (N, style_dim) instead of random ones; with
+    ``learn_latents=False`` they stay fixed and only G moves (e.g. teach a copy of the photo
+    generator that the photo's z_i should give comic i). ``checkpoint``: a file written
+    atomically every ``checkpoint_every`` steps and at the end (G, z, optimiser, random state,
+    history); an existing one is resumed, and ``steps`` counts in total.
     """
+    from ..checkpoints import load_file, save_state
     from .invert import mse_loss
 
     loss = loss or mse_loss
     gen = torch.Generator().manual_seed(seed)
     dev = G.w_avg.device
-    z = torch.randn(len(images), G.style_dim, generator=gen).to(dev).requires_grad_(True)
-    opt = torch.optim.Adam([{"params": G.parameters(), "lr": lr}, {"params": [z], "lr": latent_lr}],
-                           betas=(0.9, 0.99))
+    if latents is not None:
+        if latents.shape != (len(images), G.style_dim):
+            raise ValueError(f"latents must be ({len(images)}, {G.style_dim}); got {tuple(latents.shape)}")
+        z = latents.detach().clone().to(dev)
+    else:
+        z = torch.randn(len(images), G.style_dim, generator=gen).to(dev)
+    z.requires_grad_(learn_latents)
+    groups = [{"params": G.parameters(), "lr": lr}] + ([{"params": [z], "lr": latent_lr}] if learn_latents else [])
+    opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
+    settings = {"images": list(images.shape), "batch_size": batch_size, "lr": lr, "latent_lr": latent_lr,
+                "latent_noise": latent_noise, "seed": seed, "learn_latents": learn_latents}
+    history, done = [], 0
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        state = load_file(checkpoint)
+        if not isinstance(state, dict) or state.get("format") != RECONSTRUCTION_FORMAT:
+            raise ValueError(f"{checkpoint} is not a reconstruction checkpoint")
+        if state["settings"] != settings:
+            raise ValueError(f"{checkpoint} was written with {state['settings']}, this run has {settings}; "
+                             "use another checkpoint file or start afresh (resume=False)")
+        G.load_state_dict(state["G"])
+        with torch.no_grad():
+            z.copy_(state["z"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["rng"])
+        history, done = [dict(r) for r in state["history"]], int(state["step"])
     G.train().requires_grad_(True)
-    history = []
-    for step in progress(range(steps), desc=desc):
+    for step in progress(range(done, steps), desc=desc, initial=done, total=steps):
         idx = torch.randperm(len(images), generator=gen)[:batch_size]
         eps = torch.randn(len(idx), G.style_dim, generator=gen).to(dev) * latent_noise
         pred = (G(z[idx] + eps, return_raw=True) + 1) / 2
@@ -498,6 +531,10 @@ def fit_reconstruction(G: Generator, images: torch.Tensor, steps: int, *, batch_
         value.backward()
         opt.step()
         history.append({"step": step, "reconstruction": value.item()})
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            save_state({"format": RECONSTRUCTION_FORMAT, "settings": settings, "G": G.state_dict(),
+                        "z": z.detach(), "opt": opt.state_dict(), "rng": gen.get_state(), "step": step + 1,
+                        "history": history}, checkpoint)
     G.eval().requires_grad_(False)
     G.update_w_avg()
     return LatentFit(z.detach(), history)
