@@ -186,6 +186,47 @@ def _style_metric(name: str, outputs: torch.Tensor, unavailable: dict, classifie
     return gan.inception_score(probs, splits=max(1, min(10, len(outputs) // 10)))[0]
 
 
+def portrait_report(methods: Mapping[str, object], photos: torch.Tensor, *, comics: torch.Tensor | None = None,
+                    detector: str = "auto"):
+    """How each method treats unpaired portraits -> DataFrame, one row per method (+ reference rows).
+
+    ``methods``: {label: stylizer or any callable images -> images}; ``photos`` (N, 3, H, W) in
+    [0, 1] with one face each (e.g. the 90 CC0 portraits). Columns: ``faces found`` (in both
+    the photo and the output, of N), ``ID < 0.6`` (share of those faces whose dlib identity
+    distance photo -> output is below :data:`comicutils.faces.SAME_PERSON_THRESHOLD`: the same
+    person), ``ID distance`` (median), ``edge density`` and ``sharpness``
+    (:func:`comicutils.metrics.edge_density`, :func:`~comicutils.metrics.sharpness`: line work).
+    Reference rows: the photos themselves and, given ``comics``, the artist's comics (their
+    edge density is what "visible outlines" should approach). ``df.attrs["outputs"]`` keeps
+    the images for figures.
+    """
+    import pandas as pd
+
+    from . import faces
+
+    rows, outputs = [], {}
+    reference = faces.identity_embedding(photos, on_missing="nan", detector=detector)
+    for label, method in methods.items():
+        out = method(photos)
+        emb = faces.identity_embedding(out, on_missing="nan", detector=detector)
+        d = (emb - reference).norm(dim=1)
+        found = ~torch.isnan(d)
+        rows.append({"method": label, "faces found": int(found.sum()), "of": len(photos),
+                     "ID < 0.6": float((d[found] < faces.SAME_PERSON_THRESHOLD).float().mean()) if found.any()
+                     else float("nan"),
+                     "ID distance": float(d[found].median()) if found.any() else float("nan"),
+                     "edge density": float(metrics.edge_density(out).mean()),
+                     "sharpness": float(metrics.sharpness(out).mean())})
+        outputs[label] = out
+    for label, images in (("photos (input)", photos), ("artist's comics", comics)):
+        if images is not None:
+            rows.append({"method": label, "edge density": float(metrics.edge_density(images).mean()),
+                         "sharpness": float(metrics.sharpness(images).mean())})
+    df = pd.DataFrame(rows).set_index("method")
+    df.attrs["outputs"] = outputs
+    return df
+
+
 def to_json_rows(df) -> list[dict]:
     """Rows for JSON: NaN -> None, inf -> "inf" (JSON has neither)."""
     rows = []

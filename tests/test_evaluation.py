@@ -105,3 +105,18 @@ def test_taef2_frechet_distance_is_computed_offline_and_zero_for_the_same_set(mi
                                  set_metrics=("fd_taef2",), style_metrics=())
     assert abs(df.fd_taef2.iloc[0]) < 1e-3 < washed.fd_taef2.iloc[0]
     assert "fd_taef2" not in df.attrs["unavailable"]
+
+
+def test_portrait_report_counts_faces_identity_and_line_work(mirror):
+    from comicutils import data, faces
+
+    _, photos = data.portraits(128, data.PORTRAIT_NAMES[:3])
+    blank = lambda x: torch.full_like(x, 0.5)          # noqa: E731  (no face survives)
+    df = evaluation.portrait_report({"identity": stylizers.build("identity"), "blank": blank}, photos,
+                                    comics=photos.flip(-1))
+    ident, gone = df.loc["identity"], df.loc["blank"]
+    assert ident["faces found"] == 3 and ident["ID < 0.6"] == 1.0 and ident["ID distance"] < 1e-6
+    assert gone["faces found"] == 0 and math.isnan(gone["ID < 0.6"]) and gone["edge density"] == 0.0
+    assert df.loc["photos (input)", "edge density"] == ident["edge density"] > 0
+    assert ident["ID distance"] < faces.SAME_PERSON_THRESHOLD
+    assert set(df.attrs["outputs"]) == {"identity", "blank"}
