@@ -368,8 +368,9 @@ def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) 
     return trainer.step, first
 
 
-def _photo_set(size: int):
-    """The photo generator's images: face2comics v2 + v1 photos and the 90 portraits, then mirrors."""
+def stylegan_photo_set(size: int = 64):
+    """The course photo generator's training images (N, 3, size, size), in the order of its z's:
+    the face2comics v2 photos, the v1 photos, the 90 portraits, then all of them mirrored."""
     from . import data
 
     photos = torch.cat([data.face2comics_pairs("v2", size=size).photos, data.face2comics_pairs("v1", size=size).photos,
@@ -377,13 +378,14 @@ def _photo_set(size: int):
     return torch.cat([photos, photos.flip(-1)])
 
 
-def _comic_set(size: int):
-    """The comic generator's targets and the indices of their photos in :func:`_photo_set`."""
+def stylegan_comic_set(size: int = 64):
+    """The course comic generator's targets (v2 training comics, then mirrors) and, for each, the
+    index of its photo in :func:`stylegan_photo_set` (whose z it is taught)."""
     from . import data
 
     pairs = data.face2comics_pairs("v2", size=size)
     train, _ = data.train_test_pairs(pairs)
-    index = [pairs.keys.index(k) for k in train.keys]     # v2 photos come first in _photo_set
+    index = [pairs.keys.index(k) for k in train.keys]     # v2 photos come first in stylegan_photo_set
     n = 2 * len(pairs.keys) + len(data.ALL_PORTRAIT_NAMES)  # photos before their mirrors
     return torch.cat([train.comics, train.comics.flip(-1)]), index + [i + n for i in index]
 
@@ -402,7 +404,7 @@ def _train_stylegan_photo(recipe: Recipe, steps: int, work: Path, show_progress:
         torch.manual_seed(s["seed"])
         G = sg.Generator(sg.micro_config(s["size"], width=s["width"], style_dim=s["style_dim"]))
     _start(recipe.name, work, state_digest(G))
-    fit = sg.fit_reconstruction(G, _photo_set(s["size"]), steps, batch_size=s["batch_size"], lr=s["lr"],
+    fit = sg.fit_reconstruction(G, stylegan_photo_set(s["size"]), steps, batch_size=s["batch_size"], lr=s["lr"],
                                 latent_lr=s["latent_lr"], latent_noise=s["latent_noise"],
                                 loss=_stylegan_loss(s["size"]), seed=s["seed"], desc="course photo generator",
                                 checkpoint=work / "reconstruction.pt", checkpoint_every=s["checkpoint_every"])
@@ -416,7 +418,7 @@ def _train_stylegan_comic(recipe: Recipe, steps: int, work: Path, show_progress:
     G, z = load_stylegan("stylegan-photo", with_latents=True)
     G.train().requires_grad_(True)
     _start(recipe.name, work, state_digest(G))
-    comics, index = _comic_set(s["size"])
+    comics, index = stylegan_comic_set(s["size"])
     fit = sg.fit_reconstruction(G, comics, steps, batch_size=s["batch_size"], lr=s["lr"],
                                 latent_noise=s["latent_noise"], loss=_stylegan_loss(s["size"]), seed=s["seed"],
                                 latents=z[index], learn_latents=False, desc="course comic generator",
@@ -529,6 +531,22 @@ def _export_files(name: str, work: Path, tmp: Path) -> dict:
     raise ValueError(name)
 
 
+def _first_loss(name: str, work: Path) -> float | None:
+    """The loss of step 1 as the newest checkpoint's history recorded it (a run that was
+    interrupted and resumed has it there even when its run.json does not)."""
+    from .checkpoints import latest_checkpoint_dir, load_file
+
+    if name == "comicdiff-adapter":
+        found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
+        history = json.loads((found[0] / "training_state.json").read_text())["history"] if found else []
+        key = "loss"
+    else:
+        file, key = {"comicdiff-denoiser": ("pretrain.pt", "loss"), "pix2pix": ("trainer.pt", "g_total")}.get(
+            name, ("reconstruction.pt", "reconstruction"))
+        history = load_file(work / file)["history"] if (work / file).is_file() else []
+    return float(history[0][key]) if history else None
+
+
 def _mean_tail(values: list[float], n: int = 50) -> float | None:
     tail = values[-n:]
     return float(sum(tail) / len(tail)) if tail else None
@@ -562,7 +580,7 @@ def export(name: str, *, work: str | os.PathLike | None = None, out: str | os.Pa
     steps = int(extra.pop("steps"))
     item = {"chapter": recipe.chapter, "what": recipe.what, "files": files, "command": recipe.command(steps),
             "steps": steps, "settings": recipe.settings, "data": recipe.data, "licence": DATA_LICENCE,
-            "start_digest": run["start_digest"], "first_loss": run.get("first_loss"),
+            "start_digest": run["start_digest"], "first_loss": run.get("first_loss") or _first_loss(name, work),
             "seconds": round(float(run.get("seconds", 0.0))), "machine": run.get("machine"),
             "needs": list(recipe.needs), **extra}
     with _locked(reg_file):                      # two exports at once must not lose an entry

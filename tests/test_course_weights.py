@@ -22,7 +22,7 @@ def test_registry_entries_are_complete_and_within_budget():
     total = 0
     for name, e in W.registry().items():
         assert name in W.RECIPES
-        for key in ("command", "data", "licence", "steps", "start_digest", "seconds", "machine", "files"):
+        for key in ("command", "data", "licence", "steps", "start_digest", "first_loss", "seconds", "machine", "files"):
             assert e.get(key) not in (None, "", {}), (name, key)
         assert e["command"] == W.RECIPES[name].command(e["steps"])
         args = build_parser()[0].parse_args(shlex.split(e["command"])[3:])   # the command parses
