@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from comicutils import course_weights
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 OUTER_ENV = dict(os.environ)          # as the session started (conftest defaults, no per-test changes)
@@ -104,7 +106,11 @@ def colab(tmp_path_factory) -> dict:
     (hooks / "sitecustomize.py").write_text(WRITE_WATCH)
     env = {k: v for k, v in OUTER_ENV.items() if k not in LOCAL_VARS}
     env.update(COMICUTILS_MODE="smoke", COMICUTILS_PROGRESS="0", PYTHONPATH=os.pathsep.join([str(site), str(hooks)]),
-               HOME=str(tmp_path_factory.mktemp("home")), COLAB_TEST_CHECKOUT=str(ROOT))
+               HOME=str(tmp_path_factory.mktemp("home")), COLAB_TEST_CHECKOUT=str(ROOT),
+               # the course weights come "from GitHub": here a file:// address of this checkout's copy,
+               # so the download branch (into the cache, checked against the registry's sha256) runs
+               COMICUTILS_PRETRAINED_URL=(ROOT / "data" / "pretrained").as_uri())
+    env.pop("COMICUTILS_PRETRAINED", None)
     probe_dir = tmp_path_factory.mktemp("probe")
     log = probe_dir.parent / "probe-writes.log"
     canary = ROOT / "no-such-folder" / "written-by-the-probe"
@@ -140,6 +146,9 @@ def test_a_notebook_runs_alone_from_the_installed_package(notebook, colab, tmp_p
     source = notebook.read_text()
     if "viz.save_figure(" in source:
         assert any((work / "comicutils-figures" / "smoke").iterdir()), "no figure under the notebook's folder"
+    if "course_weights" in source and course_weights.registry():     # fetched like a learner on Colab would
+        fetched = Path(colab["HOME"]) / ".cache" / "comicutils" / "pretrained"
+        assert fetched.is_dir() and any(fetched.rglob("*.safetensors")), "no course weight was downloaded"
     chapter = notebook.name[:2]
     if f'runtime.run_dir("{chapter}")' in source:
         assert (work / "comicutils-runs" / "smoke" / chapter).is_dir()
