@@ -79,7 +79,8 @@ def file_or_course(text: str) -> str:
 
 
 def dir_or_course(text: str) -> str:
-    return text if text == "course" else existing_dir(text)
+    """A folder, or ``course`` / ``course-adv`` for a course ComicDiff adapter."""
+    return text if text in ("course", "course-adv") else existing_dir(text)
 
 
 def existing_dir(text: str) -> str:
@@ -258,15 +259,26 @@ def _course(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--only", nargs="*", metavar="NN", help="notebook prefixes, e.g. 00 02")
     sub.add_argument("--out", help="folder for the executed notebooks (default build/notebooks)")
     sub.add_argument("--timeout", type=int_at_least(1), default=3600, help="seconds per cell")
+    sub.add_argument("--publish", action="store_true", help="then copy the outputs onto notebooks/, lightened "
+                     "(what the repository commits; refused in smoke mode)")
+    sub.add_argument("--publish-from", metavar="DIR", type=existing_dir, help="only copy the outputs of the "
+                     "notebooks executed earlier into DIR onto notebooks/ (no run)")
 
     def run(args):
-        from .course import notebook_paths, run_course
+        from .course import notebook_paths, publish, run_course
+        from .runtime import get_mode
 
         try:
             notebook_paths(None, args.only)
         except FileNotFoundError as err:
             sub.error(str(err))
-        run_course(args.only, out_dir=args.out, timeout=args.timeout)
+        if args.publish and get_mode() == "smoke":
+            sub.error("--publish commits auto- or full-mode outputs; set COMICUTILS_MODE=auto")
+        if args.publish_from is None:
+            written = run_course(args.only, out_dir=args.out, timeout=args.timeout)
+        source = args.publish_from or (written[0].parent if args.publish else None)
+        if source is not None:
+            publish(source, only=args.only)
         return 0
 
     return run
@@ -316,7 +328,8 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
     def comicdiff_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method comicdiff (single-step LoRA U-Net, chapters 04-05)")
         g.add_argument("--adapter", metavar="DIR", type=dir_or_course, help="adapter folder written by train_lora "
-                       "(e.g. data/runs/04/lora-r8/adapter), or 'course' for the course weights (required)")
+                       "(e.g. data/runs/04/lora-r8/adapter), or 'course' for the course weights ('course-adv': trained with "
+                       "the adversarial term) (required)")
         g.add_argument("--alpha", type=finite_float(), default=1.0, help="residual blend: 0 = VAE "
                        "reconstruction, 1 = as trained")
         g.add_argument("--denoiser", metavar="DIR", type=existing_dir, help="offline path's pre-trained U-Net "

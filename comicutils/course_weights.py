@@ -68,6 +68,10 @@ class Recipe:
         return f"python -m comicutils course-weights train {self.name} --steps {steps or self.steps}"
 
 
+# the ComicDiff adapter recipe's settings (the adversarial recipe adds its term to exactly these)
+_ADAPTER = {"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr": 1e-3, "lpips_weight": 0.8,
+            "perceptual": "taef2", "aug_copies": 2, "seed": 0, "checkpoint_every": 25}
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("comicdiff-denoiser", "04",
            "the offline ComicDiff U-Net (12.7 M parameters) pre-trained as a latent denoiser at 256 px",
@@ -79,11 +83,16 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "the LoRA adapter (rank 8, attention + feed-forward) on the course denoiser, single step at t = 1, "
            "MSE + 0.8 x taef2 perceptual distance, at 256 px",
            steps=400,
-           settings={"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr": 1e-3,
-                     "lpips_weight": 0.8, "perceptual": "taef2", "aug_copies": 2, "seed": 0,
-                     "checkpoint_every": 25},
+           settings=_ADAPTER,
            data="the 40 training pairs of the face2comics v2 preview grid at 256 px, mirrored, plus 2 jointly "
                 "augmented copies (160 latent pairs); the 10 held-out pairs are never seen",
+           needs=("comicdiff-denoiser",)),
+    Recipe("comicdiff-adapter-adv", "05",
+           "the same adapter recipe plus the adversarial term of chapter 05 (section 5): chapter 02's "
+           "conditional PatchGAN on (photo, output), weight 0.05 reached over a 100-step warm-up",
+           steps=400,
+           settings={**_ADAPTER, "adversarial_weight": 0.05, "adversarial_warmup": 100},
+           data="the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)",
            needs=("comicdiff-denoiser",)),
     Recipe("pix2pix", "02",
            "a pix2pix U-Net generator (ngf 16, 3.4 M parameters) with a 70 px PatchGAN, L1 weight 100, at 256 px",
@@ -110,6 +119,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                 "with the photos' z's from the course photo generator",
            needs=("stylegan-photo",)),
 ]}
+
+
+ADAPTERS = ("comicdiff-adapter", "comicdiff-adapter-adv")     # LoRA adapters on the course denoiser
 
 
 # --------------------------------------------------------------------------- where they are
@@ -338,7 +350,9 @@ def _train_adapter(recipe: Recipe, steps: int, work: Path, show_progress: bool) 
                              seed=s["seed"], show_progress=show_progress)
     cfg = T.TrainConfig(rank=s["rank"], feed_forward=s["feed_forward"], lr=s["lr"], batch_size=s["batch_size"],
                         epochs=10 ** 6, max_steps=steps, lpips_weight=s["lpips_weight"], perceptual=s["perceptual"],
-                        checkpoint_every=s["checkpoint_every"], seed=s["seed"])
+                        checkpoint_every=s["checkpoint_every"], seed=s["seed"],
+                        adversarial_weight=s.get("adversarial_weight", 0.0),
+                        adversarial_warmup=s.get("adversarial_warmup", 0))
     result = T.train_lora(model, dataset, cfg, out_dir=work, resume=True, show_progress=show_progress)
     first = result.history[0]["loss"] if result.history and result.history[0].get("step") == 1 else None
     return result.steps, first
@@ -427,7 +441,8 @@ def _train_stylegan_comic(recipe: Recipe, steps: int, work: Path, show_progress:
 
 
 TRAINERS: dict[str, Callable[[Recipe, int, Path, bool], tuple[int, float | None]]] = {
-    "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter, "pix2pix": _train_pix2pix,
+    "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter,
+    "comicdiff-adapter-adv": _train_adapter, "pix2pix": _train_pix2pix,
     "stylegan-photo": _train_stylegan_photo, "stylegan-comic": _train_stylegan_comic}
 
 
@@ -464,7 +479,7 @@ def _steps_done(name: str, work: Path) -> int:
         return int(load_file(work / "pretrain.pt")["step"])
     if name == "pix2pix" and (work / "trainer.pt").is_file():
         return int(load_file(work / "trainer.pt")["step"])
-    if name == "comicdiff-adapter":
+    if name in ADAPTERS:
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
         if found is not None:
             return int(found[1].get("step", 0))
@@ -514,7 +529,7 @@ def _export_files(name: str, work: Path, tmp: Path) -> dict:
                   metadata={"config": json.dumps(G.config.to_dict())})
         return {"steps": int(state["step"]),
                 "final_loss": _mean_tail([r["reconstruction"] for r in state["history"]])}
-    if name == "comicdiff-adapter":
+    if name in ADAPTERS:
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
         if found is None or not (found[0] / "adapter").is_dir():
             raise CourseWeightMissing(f"no adapter checkpoint in {work}; run `{RECIPES[name].command()}` first")
@@ -536,7 +551,7 @@ def _first_loss(name: str, work: Path) -> float | None:
     interrupted and resumed has it there even when its run.json does not)."""
     from .checkpoints import latest_checkpoint_dir, load_file
 
-    if name == "comicdiff-adapter":
+    if name in ADAPTERS:
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
         history = json.loads((found[0] / "training_state.json").read_text())["history"] if found else []
         key = "loss"
@@ -623,12 +638,14 @@ def load_denoiser():
     return _load(path("comicdiff-denoiser")).float()
 
 
-def load_comicdiff(*, alpha: float = 1.0, merge: bool = False):
-    """The course ComicDiff (offline path): course denoiser + course adapter, ready to translate."""
+def load_comicdiff(adapter: str = "comicdiff-adapter", *, alpha: float = 1.0, merge: bool = False):
+    """The course ComicDiff (offline path): course denoiser + a course adapter (``adapter``: one of
+    :data:`ADAPTERS`; ``"comicdiff-adapter-adv"`` is the one trained with the adversarial term)."""
     from .comicdiff.model import load_translator
 
-    return load_translator(path("comicdiff-adapter"), denoiser=path("comicdiff-denoiser"), alpha=alpha,
-                           merge=merge)
+    if adapter not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {', '.join(ADAPTERS)}; got {adapter!r}")
+    return load_translator(path(adapter), denoiser=path("comicdiff-denoiser"), alpha=alpha, merge=merge)
 
 
 def load_pix2pix(device: str | torch.device = "cpu"):

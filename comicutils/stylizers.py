@@ -238,6 +238,10 @@ class AnimeGAN(Stylizer):
         return animegan.face2paint(self.generator, images, size=self.size)
 
 
+# ``adapter=`` values that name a course weight (:mod:`comicutils.course_weights`)
+COURSE_ADAPTERS = {"course": "comicdiff-adapter", "course-adv": "comicdiff-adapter-adv"}
+
+
 @register("comicdiff")
 @dataclass
 class ComicDiffStylizer(Stylizer):
@@ -245,7 +249,8 @@ class ComicDiffStylizer(Stylizer):
 
     Give an ``adapter`` folder (``train_lora``'s ``adapter/``; offline adapters find their
     pre-trained denoiser next to the run), ``"course"`` (the course denoiser and adapter,
-    :mod:`comicutils.course_weights`) or a ready ``model``. Images are resized to the
+    :mod:`comicutils.course_weights`; ``"course-adv"``: the adapter trained with the adversarial
+    term) or a ready ``model``. Images are resized to the
     adapter's training size and back (bicubic); ``alpha`` blends the learned residual.
     """
 
@@ -262,12 +267,13 @@ class ComicDiffStylizer(Stylizer):
         if self.model is None:
             if self.adapter is None:
                 raise ValueError("comicdiff needs adapter=... or model=...")
-            if str(self.adapter) == "course":
+            if str(self.adapter) in COURSE_ADAPTERS:
                 from . import course_weights
 
-                self.model = course_weights.load_comicdiff(merge=self.merge)
+                name = COURSE_ADAPTERS[str(self.adapter)]
+                self.model = course_weights.load_comicdiff(name, merge=self.merge)
                 self.weights = (f"course weights (denoiser {course_weights.entry('comicdiff-denoiser')['steps']} + "
-                                f"adapter {course_weights.entry('comicdiff-adapter')['steps']} steps, offline path)")
+                                f"{name} {course_weights.entry(name)['steps']} steps, offline path)")
             else:
                 self.model = load_translator(self.adapter, denoiser=self.denoiser, merge=self.merge)
                 self.weights = (f"adapter {Path(self.adapter).parent.name}/{Path(self.adapter).name} "

@@ -246,3 +246,14 @@ def test_a_terminated_training_command_exits_130_and_keeps_its_bookkeeping(tmp_p
     run = json.loads((work / "run.json").read_text())
     assert run["seconds"] > 0
     assert not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_course_adapter_names_are_recipes_and_others_are_refused():
+    from comicutils import stylizers
+
+    assert set(stylizers.COURSE_ADAPTERS.values()) == set(W.ADAPTERS) <= set(W.RECIPES)
+    assert W.RECIPES["comicdiff-adapter-adv"].settings["adversarial_weight"] > 0
+    same = {k: v for k, v in W.RECIPES["comicdiff-adapter"].settings.items()}
+    assert {k: W.RECIPES["comicdiff-adapter-adv"].settings[k] for k in same} == same   # an ablation: one change
+    with pytest.raises(ValueError, match="adapter must be one of"):
+        W.load_comicdiff("pix2pix")

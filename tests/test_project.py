@@ -33,7 +33,7 @@ def test_pytest_collects_notebooks_with_nbval_lax():
     assert "--nbval-lax" in text and '"notebooks"' in text
 
 
-def test_notebooks_are_numbered_have_a_parameters_cell_and_no_outputs():
+def test_notebooks_are_numbered_and_have_a_parameters_cell():
     paths = course.notebook_paths(ROOT)
     assert paths[0].name == "00_setup_and_data.ipynb"
     for path in paths:
@@ -42,7 +42,6 @@ def test_notebooks_are_numbered_have_a_parameters_cell_and_no_outputs():
         tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
         assert "by_mode" in "".join(tagged[0]["source"])
-        assert all(not c.get("outputs") for c in code), f"{path.name}: commit notebooks without outputs"
 
 
 def test_every_notebook_cell_has_a_unique_id():
