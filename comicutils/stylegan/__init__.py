@@ -86,7 +86,8 @@ def ffhq_or_none(device="cpu") -> Generator | None:
         return load_ffhq(device)
     wanted = "StyleGAN2 FFHQ config-f (1024 px, pretrained on 70,000 faces)"
     used = ("micro StyleGAN2 trained for a few steps (almost random weights)" if get_mode() == "smoke"
-            else "micro StyleGAN2 trained in this notebook on the course's ~130 photos")
+            else "micro StyleGAN2 (64 px) trained on the course's photos: the course weights' "
+                 "photo generator where it is shipped, else one trained in the notebook")
     path = assets.fetch_or_substitute(FFHQ_ASSET, wanted=wanted, substitute=used)
     if path is None:
         return None
