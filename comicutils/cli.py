@@ -79,8 +79,15 @@ def file_or_course(text: str) -> str:
 
 
 def dir_or_course(text: str) -> str:
-    """A folder, or ``course`` / ``course-adv`` for a course ComicDiff adapter."""
-    return text if text in ("course", "course-adv") else existing_dir(text)
+    """A folder, or one of :data:`stylizers.COURSE_ADAPTERS` for a course ComicDiff adapter."""
+    from .stylizers import COURSE_ADAPTERS
+
+    if text in COURSE_ADAPTERS:
+        return text
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no such folder: {text} (or one of the course adapters: "
+                                         f"{', '.join(COURSE_ADAPTERS)})")
+    return text
 
 
 def existing_dir(text: str) -> str:
@@ -329,7 +336,7 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         g = p.add_argument_group("--method comicdiff (single-step LoRA U-Net, chapters 04-05)")
         g.add_argument("--adapter", metavar="DIR", type=dir_or_course, help="adapter folder written by train_lora "
                        "(e.g. data/runs/04/lora-r8/adapter), or 'course' for the course weights ('course-adv': trained with "
-                       "the adversarial term) (required)")
+                       "the adversarial term; 'course-gan': 'course' trained on with a stronger one) (required)")
         g.add_argument("--alpha", type=finite_float(), default=1.0, help="residual blend: 0 = VAE "
                        "reconstruction, 1 = as trained")
         g.add_argument("--denoiser", metavar="DIR", type=existing_dir, help="offline path's pre-trained U-Net "
@@ -581,8 +588,11 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
         table = evaluation.evaluate(methods, test.photos, test.comics)
         print(f"face2comics v2 held-out pairs: {len(test)} at {args.size} px")
         print(table.drop(columns=["weights"]).to_string(index=False, float_format="%.4g"))
+        by_reason: dict[str, list[str]] = {}            # one line per reason, however many metrics share it
         for metric, why in table.attrs["unavailable"].items():
-            print(f"  {metric}: {why}")
+            by_reason.setdefault(why, []).append(metric)
+        for why, metrics in by_reason.items():
+            print(f"  {', '.join(metrics)}: {why}")
         if args.json:
             payload = {"pairs": len(test), "size": args.size,
                        "unavailable": table.attrs["unavailable"],

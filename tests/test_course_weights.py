@@ -255,5 +255,9 @@ def test_course_adapter_names_are_recipes_and_others_are_refused():
     assert W.RECIPES["comicdiff-adapter-adv"].settings["adversarial_weight"] > 0
     same = {k: v for k, v in W.RECIPES["comicdiff-adapter"].settings.items()}
     assert {k: W.RECIPES["comicdiff-adapter-adv"].settings[k] for k in same} == same   # an ablation: one change
+    gan = W.RECIPES["comicdiff-adapter-gan"]          # a warm start: the adapter recipe trained on, term added
+    assert {k: gan.settings[k] for k in same} == same and gan.settings["init"] == "comicdiff-adapter"
+    assert gan.settings["adversarial_weight"] > W.RECIPES["comicdiff-adapter-adv"].settings["adversarial_weight"]
+    assert "comicdiff-adapter" in gan.needs
     with pytest.raises(ValueError, match="adapter must be one of"):
         W.load_comicdiff("pix2pix")
