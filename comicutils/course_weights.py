@@ -101,6 +101,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            settings={**_ADAPTER, "init": "comicdiff-adapter", "adversarial_weight": 0.2, "adversarial_warmup": 20},
            data="the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)",
            needs=("comicdiff-denoiser", "comicdiff-adapter")),
+    Recipe("comicdiff-adapter-style", "05",
+           "the course adapter (comicdiff-adapter) trained on with chapter 01's Gram-matrix statistics added to "
+           "its loss (weight 1, each output against its own target comic, on taef2 features): a warm start",
+           steps=100,
+           settings={**_ADAPTER, "init": "comicdiff-adapter", "style_weight": 1.0},
+           data="the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)",
+           needs=("comicdiff-denoiser", "comicdiff-adapter")),
     Recipe("pix2pix", "02",
            "a pix2pix U-Net generator (ngf 16, 3.4 M parameters) with a 70 px PatchGAN, L1 weight 100, at 256 px",
            steps=3000,
@@ -128,7 +135,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 ]}
 
 
-ADAPTERS = ("comicdiff-adapter", "comicdiff-adapter-adv", "comicdiff-adapter-gan")   # LoRAs on the course denoiser
+ADAPTERS = ("comicdiff-adapter", "comicdiff-adapter-adv", "comicdiff-adapter-gan",    # LoRAs on the course denoiser
+            "comicdiff-adapter-style")
 
 
 # --------------------------------------------------------------------------- where they are
@@ -363,7 +371,7 @@ def _train_adapter(recipe: Recipe, steps: int, work: Path, show_progress: bool) 
                         epochs=10 ** 6, max_steps=steps, lpips_weight=s["lpips_weight"], perceptual=s["perceptual"],
                         checkpoint_every=s["checkpoint_every"], seed=s["seed"],
                         adversarial_weight=s.get("adversarial_weight", 0.0),
-                        adversarial_warmup=s.get("adversarial_warmup", 0))
+                        adversarial_warmup=s.get("adversarial_warmup", 0), style_weight=s.get("style_weight", 0.0))
     result = T.train_lora(model, dataset, cfg, out_dir=work, resume=True, show_progress=show_progress)
     first = result.history[0]["loss"] if result.history and result.history[0].get("step") == 1 else None
     return result.steps, first
@@ -453,7 +461,8 @@ def _train_stylegan_comic(recipe: Recipe, steps: int, work: Path, show_progress:
 
 TRAINERS: dict[str, Callable[[Recipe, int, Path, bool], tuple[int, float | None]]] = {
     "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter,
-    "comicdiff-adapter-adv": _train_adapter, "comicdiff-adapter-gan": _train_adapter, "pix2pix": _train_pix2pix,
+    "comicdiff-adapter-adv": _train_adapter, "comicdiff-adapter-gan": _train_adapter,
+    "comicdiff-adapter-style": _train_adapter, "pix2pix": _train_pix2pix,
     "stylegan-photo": _train_stylegan_photo, "stylegan-comic": _train_stylegan_comic}
 
 

@@ -240,7 +240,7 @@ class AnimeGAN(Stylizer):
 
 # ``adapter=`` values that name a course weight (:mod:`comicutils.course_weights`)
 COURSE_ADAPTERS = {"course": "comicdiff-adapter", "course-adv": "comicdiff-adapter-adv",
-                   "course-gan": "comicdiff-adapter-gan"}
+                   "course-gan": "comicdiff-adapter-gan", "course-style": "comicdiff-adapter-style"}
 
 
 @register("comicdiff")
@@ -251,7 +251,8 @@ class ComicDiffStylizer(Stylizer):
     Give an ``adapter`` folder (``train_lora``'s ``adapter/``; offline adapters find their
     pre-trained denoiser next to the run), ``"course"`` (the course denoiser and adapter,
     :mod:`comicutils.course_weights`; ``"course-adv"``: the adapter trained with the adversarial
-    term; ``"course-gan"``: the course adapter trained on with a stronger one) or a ready ``model``. Images are resized to the
+    term; ``"course-gan"``: the course adapter trained on with a stronger one; ``"course-style"``: trained on
+    with chapter 01's Gram-matrix term) or a ready ``model``. Images are resized to the
     adapter's training size and back (bicubic); ``alpha`` blends the learned residual.
     """
 

@@ -257,6 +257,29 @@ def test_loss_terms_and_ranges():
         cd.ComicDiffLoss(perc)(x, y[:, :, :16])
 
 
+def test_the_gram_style_distance_ignores_where_a_texture_sits_and_its_scale():
+    from comicutils.comicdiff.model import relative_gram_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = {1: torch.randn(2, 8, 6, 6, generator=g), 5: torch.randn(2, 8, 3, 3, generator=g)}
+    moved = {k: v.flatten(2)[:, :, torch.randperm(v[0, 0].numel(), generator=g)].reshape(v.shape) for k, v in a.items()}
+    assert torch.allclose(relative_gram_distance(moved, a), torch.zeros(2), atol=1e-6)   # positions shuffled: 0
+    b = {k: torch.randn(v.shape, generator=g) for k, v in a.items()}
+    d = relative_gram_distance(b, a)
+    assert d.shape == (2,) and (d > 0).all()
+    assert torch.allclose(relative_gram_distance({k: 3 * v for k, v in b.items()}, {k: 3 * v for k, v in a.items()}), d)
+
+
+def test_the_style_option_adds_its_weighted_term(mirror):
+    x, y = images(seed=0), images(seed=1)
+    perc = lambda a, b: (a - b).abs().mean(dim=(1, 2, 3))  # noqa: E731 - a stand-in perceptual net
+    terms = cd.ComicDiffLoss(perc, 0.8, "l1", style_weight=2.0)(x, y)
+    assert terms["style"] > 0
+    assert torch.isclose(terms["loss"], terms["mse"] + 0.8 * terms["perceptual"] + 2.0 * terms["style"])
+    assert cd.ComicDiffLoss(perc, 0.8, style_weight=2.0)(x, x)["style"] == 0
+    assert "style" not in cd.ComicDiffLoss(perc, 0.8)(x, y)                  # off by default, as in the report
+
+
 # --------------------------------------------------------------------------- inference
 def test_translate_sizes_batches_and_determinism():
     m = tiny_model()

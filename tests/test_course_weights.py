@@ -259,5 +259,22 @@ def test_course_adapter_names_are_recipes_and_others_are_refused():
     assert {k: gan.settings[k] for k in same} == same and gan.settings["init"] == "comicdiff-adapter"
     assert gan.settings["adversarial_weight"] > W.RECIPES["comicdiff-adapter-adv"].settings["adversarial_weight"]
     assert "comicdiff-adapter" in gan.needs
+    style = W.RECIPES["comicdiff-adapter-style"]      # the same warm start with the Gram-matrix term instead
+    assert {k: style.settings[k] for k in same} == same and style.settings["init"] == "comicdiff-adapter"
+    assert style.settings["style_weight"] > 0 and "adversarial_weight" not in style.settings
     with pytest.raises(ValueError, match="adapter must be one of"):
         W.load_comicdiff("pix2pix")
+
+
+@pytest.mark.slow
+def test_a_warm_started_adapter_recipe_starts_from_the_course_adapter(tmp_path, monkeypatch):
+    """``comicdiff-adapter-gan`` trains the shipped ``comicdiff-adapter`` on (its ``init``): its
+    recorded start state is that adapter's, not a fresh LoRA's, and one step moves it."""
+    r = W.RECIPES["comicdiff-adapter-gan"]
+    small = {**r.settings, "size": 64, "aug_copies": 0, "batch_size": 2}
+    monkeypatch.setitem(W.RECIPES, r.name, W.Recipe(r.name, r.chapter, r.what, 1, small, r.data, r.needs))
+    run = W.train(r.name, 1, work=tmp_path / "w", show_progress=False)
+    course = W.load_comicdiff("comicdiff-adapter")
+    assert run["start_digest"] == W.state_digest(course.unet)
+    assert run["start_digest"] != W.entry("comicdiff-adapter")["start_digest"]     # that one starts from zero
+    assert run["steps"] == 1
