@@ -73,21 +73,25 @@ def existing_file(text: str) -> str:
     return text
 
 
+def _path_or_course(text: str, names, is_there, kind: str, what: str) -> str:
+    """``text`` if it names a course weight in ``names`` or ``is_there(text)``; else a one-line error."""
+    if text in names or is_there(text):
+        return text
+    raise argparse.ArgumentTypeError(f"no such {kind}: {text} (or one of the course {what}: {', '.join(names)})")
+
+
 def file_or_course(text: str) -> str:
-    """A file, or ``course`` for the course weights (``course-weights list``)."""
-    return text if text == "course" else existing_file(text)
+    """A file, or one of :data:`stylizers.COURSE_PIX2PIX` for a course pix2pix generator."""
+    from .stylizers import COURSE_PIX2PIX
+
+    return _path_or_course(text, COURSE_PIX2PIX, os.path.isfile, "file", "generators")
 
 
 def dir_or_course(text: str) -> str:
     """A folder, or one of :data:`stylizers.COURSE_ADAPTERS` for a course ComicDiff adapter."""
     from .stylizers import COURSE_ADAPTERS
 
-    if text in COURSE_ADAPTERS:
-        return text
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"no such folder: {text} (or one of the course adapters: "
-                                         f"{', '.join(COURSE_ADAPTERS)})")
-    return text
+    return _path_or_course(text, COURSE_ADAPTERS, os.path.isdir, "folder", "adapters")
 
 
 def existing_dir(text: str) -> str:
@@ -323,7 +327,7 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
     def pix2pix_arguments(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("--method pix2pix (trained generator, chapters 02-03)")
         g.add_argument("--checkpoint", metavar="CKPT", type=file_or_course, help="generator or trainer checkpoint "
-                       "from train-pix2pix / Pix2PixTrainer, or 'course' for the course weights (required); "
+                       "from train-pix2pix / Pix2PixTrainer, or 'course' / 'course-style' for the course weights (required); "
                        "sets the default --size")
         g.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: the best available)")
 
@@ -541,8 +545,8 @@ def _evaluate(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--size", type=int, default=128, help="evaluation size in px (at least the largest "
                      "minimum of the metrics, see comicutils.evaluation.MIN_SIZE)")
     sub.add_argument("--limit", type=int_at_least(1), default=None, help="use only the first N held-out pairs")
-    sub.add_argument("--checkpoint", type=file_or_course, help="pix2pix generator checkpoint, or 'course' for the "
-                     "course weights (for --methods pix2pix)")
+    sub.add_argument("--checkpoint", type=file_or_course, help="pix2pix generator checkpoint, or 'course' / "
+                     "'course-style' for the course weights (for --methods pix2pix)")
     sub.add_argument("--style", type=existing_file, help="style image for nst (default: a training-split comic)")
     sub.add_argument("--nst-steps", type=int_at_least(1), default=100)
     sub.add_argument("--adapter", type=dir_or_course, help="ComicDiff adapter folder, or 'course' for the course "

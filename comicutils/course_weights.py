@@ -35,7 +35,7 @@ from .runtime import atomic_dir, atomic_path, project_root, runs_root, seed_ever
 
 __all__ = ["RECIPES", "Recipe", "pretrained_dir", "registry", "entry", "names", "available", "path",
            "verify", "state_digest", "train", "export", "load_denoiser", "load_comicdiff", "load_pix2pix",
-           "load_stylegan",
+           "load_stylegan", "PIX2PIX", "ADAPTERS",
            "CourseWeightMissing", "REGISTRY_NAME", "PRETRAINED_ENV"]
 
 PRETRAINED_ENV = "COMICUTILS_PRETRAINED"
@@ -63,6 +63,7 @@ class Recipe:
     settings: dict = field(default_factory=dict)
     data: str = ""
     needs: tuple[str, ...] = ()
+    store: str = "fp16"          # how export stores the weights: "fp16", or "int8" (pix2pix generators)
 
     def command(self, steps: int | None = None) -> str:
         return f"python -m comicutils course-weights train {self.name} --steps {steps or self.steps}"
@@ -71,6 +72,10 @@ class Recipe:
 # the ComicDiff adapter recipe's settings (the adversarial recipe adds its term to exactly these)
 _ADAPTER = {"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr": 1e-3, "lpips_weight": 0.8,
             "perceptual": "taef2", "aug_copies": 2, "seed": 0, "checkpoint_every": 25}
+
+# the pix2pix recipe's settings (its Gram-term variant adds to exactly these)
+_PIX2PIX = {"size": 256, "generator": "unet", "ngf": 16, "batch_size": 1, "lr": 2e-4, "lambda_l1": 100.0,
+            "gan_mode": "vanilla", "seed": 0, "checkpoint_every": 5}
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("comicdiff-denoiser", "04",
@@ -103,18 +108,25 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            needs=("comicdiff-denoiser", "comicdiff-adapter")),
     Recipe("comicdiff-adapter-style", "05",
            "the course adapter (comicdiff-adapter) trained on with chapter 01's Gram-matrix statistics added to "
-           "its loss (weight 1, each output against its own target comic, on taef2 features): a warm start",
+           "its loss (weight 5, each output against its own target comic, on taef2 features): a warm start",
            steps=100,
-           settings={**_ADAPTER, "init": "comicdiff-adapter", "style_weight": 1.0},
+           settings={**_ADAPTER, "init": "comicdiff-adapter", "style_weight": 5.0},
            data="the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)",
            needs=("comicdiff-denoiser", "comicdiff-adapter")),
     Recipe("pix2pix", "02",
            "a pix2pix U-Net generator (ngf 16, 3.4 M parameters) with a 70 px PatchGAN, L1 weight 100, at 256 px",
            steps=3000,
-           settings={"size": 256, "generator": "unet", "ngf": 16, "batch_size": 1, "lr": 2e-4, "lambda_l1": 100.0,
-                     "gan_mode": "vanilla", "seed": 0, "checkpoint_every": 5},
+           settings=_PIX2PIX,
            data="the 40 training pairs of the face2comics v2 preview grid at 256 px with joint augmentation; "
                 "the 10 held-out pairs are never seen"),
+    Recipe("pix2pix-style", "02",
+           "the course pix2pix generator trained on with chapter 01's Gram-matrix statistics added to its loss "
+           "(weight 50, each output against its own target comic, on taef2 features): a warm start with a fresh "
+           "PatchGAN; stored in int8 (one fp16 scale per filter) to fit the size budget",
+           steps=400,
+           settings={**_PIX2PIX, "init": "pix2pix", "style_weight": 50.0},
+           data="the same 40 training pairs as pix2pix, jointly augmented (the 10 held-out pairs are never seen)",
+           needs=("pix2pix",), store="int8"),
     Recipe("stylegan-photo", "03",
            "the micro StyleGAN2 photo generator (64 px, width 128, 32-number latents) fitted by regression "
            "(GLO: a learned z per photo, taef2 perceptual distance + pixel MSE), with those z's",
@@ -135,6 +147,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 ]}
 
 
+PIX2PIX = ("pix2pix", "pix2pix-style")                                                # pix2pix generators
 ADAPTERS = ("comicdiff-adapter", "comicdiff-adapter-adv", "comicdiff-adapter-gan",    # LoRAs on the course denoiser
             "comicdiff-adapter-style")
 
@@ -383,8 +396,15 @@ def _build_pix2pix(s: dict):
     seed_everything(s["seed"])
     generator = P.build_generator(s["generator"], s["size"], ngf=s["ngf"])
     discriminator = P.PatchDiscriminator()
+    if s.get("init"):                                   # a warm start from another course generator
+        start = load_pix2pix(name=s["init"])
+        if start.config.get("name") != s["generator"] or start.config.get("ngf") != s["ngf"]:
+            raise ValueError(f"course weight {s['init']!r} is a {start.config.get('name')} generator with ngf "
+                             f"{start.config.get('ngf')}; the recipe asks for {s['generator']} with ngf {s['ngf']}")
+        generator.load_state_dict(start.state_dict())
     return P.Pix2PixTrainer(generator, discriminator, perceptual=None, lambda_l1=s["lambda_l1"], lr=s["lr"],
-                            gan_mode=s["gan_mode"], device="cpu" if not torch.cuda.is_available() else None)
+                            gan_mode=s["gan_mode"], device="cpu" if not torch.cuda.is_available() else None,
+                            style_weight=s.get("style_weight", 0.0), content_weight=s.get("content_weight", 0.0))
 
 
 def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
@@ -462,7 +482,7 @@ def _train_stylegan_comic(recipe: Recipe, steps: int, work: Path, show_progress:
 TRAINERS: dict[str, Callable[[Recipe, int, Path, bool], tuple[int, float | None]]] = {
     "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter,
     "comicdiff-adapter-adv": _train_adapter, "comicdiff-adapter-gan": _train_adapter,
-    "comicdiff-adapter-style": _train_adapter, "pix2pix": _train_pix2pix,
+    "comicdiff-adapter-style": _train_adapter, "pix2pix": _train_pix2pix, "pix2pix-style": _train_pix2pix,
     "stylegan-photo": _train_stylegan_photo, "stylegan-comic": _train_stylegan_comic}
 
 
@@ -497,7 +517,7 @@ def _steps_done(name: str, work: Path) -> int:
 
     if name == "comicdiff-denoiser" and (work / "pretrain.pt").is_file():
         return int(load_file(work / "pretrain.pt")["step"])
-    if name == "pix2pix" and (work / "trainer.pt").is_file():
+    if name in PIX2PIX and (work / "trainer.pt").is_file():
         return int(load_file(work / "trainer.pt")["step"])
     if name in ADAPTERS:
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
@@ -514,6 +534,37 @@ def _half_state(state: dict) -> dict:
             for k, v in state.items()}
 
 
+INT8_SCALE = ".int8_scale"     # suffix of the scale tensor beside each int8-stored weight
+
+
+def _int8_state(state: dict) -> dict:
+    """Like :func:`_half_state`, but every weight of 2 or more dimensions stored as int8 with one
+    fp16 scale per slice of its first dimension (``w ≈ q · scale``, ``|q| <= 127``): half the
+    bytes of fp16, for a recipe with ``store="int8"``."""
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.ndim >= 2:
+            w = v.float()
+            scale = (w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) / 127).clamp_min(1e-12).half()
+            out[k] = (w / scale.float()).round().clamp(-127, 127).to(torch.int8).contiguous()
+            out[k + INT8_SCALE] = scale.contiguous()
+        else:
+            out[k] = (v.half() if v.is_floating_point() else v).contiguous()
+    return out
+
+
+def _dequantized(tensors: dict) -> dict:
+    """The float32 state of :func:`_int8_state`'s (or :func:`_half_state`'s) tensors."""
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith(INT8_SCALE):
+            continue
+        scale = tensors.get(k + INT8_SCALE)
+        out[k] = v.float() * scale.float() if scale is not None else (v.float() if v.is_floating_point() else v)
+    return out
+
+
 def _export_files(name: str, work: Path, tmp: Path) -> dict:
     """Write ``name``'s fp16 files into ``tmp``; return extra registry fields."""
     from safetensors.torch import save_file
@@ -528,11 +579,11 @@ def _export_files(name: str, work: Path, tmp: Path) -> dict:
         unet.load_state_dict(state["unet"])
         unet.half().save_pretrained(tmp, safe_serialization=True)
         return {"steps": int(state["step"]), "final_loss": _mean_tail([r["loss"] for r in state["history"]])}
-    if name == "pix2pix":
+    if name in PIX2PIX:
         state = load_file(work / "trainer.pt")
         config = dict(state["config"]["generator"])
-        save_file(_half_state(state["generator"]), str(tmp / "generator.safetensors"),
-                  metadata={"config": json.dumps(config)})
+        store = _int8_state if RECIPES[name].store == "int8" else _half_state
+        save_file(store(state["generator"]), str(tmp / "generator.safetensors"), metadata={"config": json.dumps(config)})
         return {"steps": int(state["step"]), "epochs": int(state["epoch"]), "config": config,
                 "final_loss": _mean_tail([r["g_l1"] for r in state["history"]])}
     if name.startswith("stylegan-"):
@@ -576,8 +627,8 @@ def _first_loss(name: str, work: Path) -> float | None:
         history = json.loads((found[0] / "training_state.json").read_text())["history"] if found else []
         key = "loss"
     else:
-        file, key = {"comicdiff-denoiser": ("pretrain.pt", "loss"), "pix2pix": ("trainer.pt", "g_total")}.get(
-            name, ("reconstruction.pt", "reconstruction"))
+        file, key = {"comicdiff-denoiser": ("pretrain.pt", "loss"),
+                     **{p: ("trainer.pt", "g_total") for p in PIX2PIX}}.get(name, ("reconstruction.pt", "reconstruction"))
         history = load_file(work / file)["history"] if (work / file).is_file() else []
     return float(history[0][key]) if history else None
 
@@ -588,7 +639,8 @@ def _mean_tail(values: list[float], n: int = 50) -> float | None:
 
 
 def export(name: str, *, work: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict:
-    """Export the newest checkpoint of ``name`` as fp16 safetensors into ``out/NAME/`` and record it
+    """Export the newest checkpoint of ``name`` as fp16 safetensors (int8 with per-filter scales for a
+    recipe with ``store="int8"``) into ``out/NAME/`` and record it
     in ``out/registry.json``; by default into ``data/pretrained/`` of the checkout, recorded in the
     packaged registry. Returns the entry."""
     recipe = _recipe(name)
@@ -617,7 +669,7 @@ def export(name: str, *, work: str | os.PathLike | None = None, out: str | os.Pa
             "steps": steps, "settings": recipe.settings, "data": recipe.data, "licence": DATA_LICENCE,
             "start_digest": run["start_digest"], "first_loss": run.get("first_loss") or _first_loss(name, work),
             "seconds": round(float(run.get("seconds", 0.0))), "machine": run.get("machine"),
-            "needs": list(recipe.needs), **extra}
+            "needs": list(recipe.needs), **({"store": recipe.store} if recipe.store != "fp16" else {}), **extra}
     with _locked(reg_file):                      # two exports at once must not lose an entry
         reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
         reg[name] = item
@@ -661,7 +713,8 @@ def load_denoiser():
 def load_comicdiff(adapter: str = "comicdiff-adapter", *, alpha: float = 1.0, merge: bool = False):
     """The course ComicDiff (offline path): course denoiser + a course adapter (``adapter``: one of
     :data:`ADAPTERS`; ``"comicdiff-adapter-adv"`` is trained with the adversarial term from the start,
-    ``"comicdiff-adapter-gan"`` is ``"comicdiff-adapter"`` trained on with a stronger one)."""
+    ``"comicdiff-adapter-gan"`` is ``"comicdiff-adapter"`` trained on with a stronger one,
+    ``"comicdiff-adapter-style"`` the same trained on with chapter 01's Gram-matrix term)."""
     from .comicdiff.model import load_translator
 
     if adapter not in ADAPTERS:
@@ -669,20 +722,22 @@ def load_comicdiff(adapter: str = "comicdiff-adapter", *, alpha: float = 1.0, me
     return load_translator(path(adapter), denoiser=path("comicdiff-denoiser"), alpha=alpha, merge=merge)
 
 
-def load_pix2pix(device: str | torch.device = "cpu"):
-    """The course pix2pix generator (float32, eval mode)."""
+def load_pix2pix(device: str | torch.device = "cpu", name: str = "pix2pix"):
+    """A course pix2pix generator (float32, eval mode): ``name`` one of :data:`PIX2PIX`."""
     from safetensors import safe_open
     from safetensors.torch import load_file as load_st
 
     from . import pix2pix as P
 
-    file = path("pix2pix") / "generator.safetensors"
+    if name not in PIX2PIX:
+        raise ValueError(f"{name!r} is not a course pix2pix generator; choose from {', '.join(PIX2PIX)}")
+    file = path(name) / "generator.safetensors"
     with safe_open(str(file), "pt") as fh:
         config = json.loads(fh.metadata()["config"])
     kwargs = {k: v for k, v in config.items() if k not in ("name", "size")}
     generator = P.build_generator(config["name"], config["size"], **kwargs)
     generator.config.update(config)
-    generator.load_state_dict({k: v.float() for k, v in load_st(str(file)).items()})
+    generator.load_state_dict(_dequantized(load_st(str(file))))
     return generator.to(device).eval()
 
 

@@ -738,10 +738,14 @@ class Pix2PixTrainer:
     ``generator``, ``discriminator``: modules from this file (any module with a ``config``
     dict). ``perceptual``: a :class:`PerceptualLoss` or None. ``lambda_l1``, ``alpha``: the
     weights of eq. 1. Adam(``lr``, ``betas``) for each network. ``device`` defaults to
-    :func:`comicutils.runtime.get_device`.
+    :func:`comicutils.runtime.get_device`. Beyond the report (0: off), chapter 01's two terms:
+    ``style_weight`` · :func:`comicutils.comicdiff.model.relative_gram_distance` between the
+    output's and its own target comic's taef2 features (blocks 1, 5, 9; blind to where a texture
+    sits), and ``content_weight`` · :func:`comicutils.taesd.feature_distance` between the output's
+    and the *photo's* deepest block (9): the photo's layout, not its colours.
 
     State: ``step`` (optimiser steps done), ``epoch`` (complete epochs), ``history`` (one dict
-    per step: step, epoch, d, g_total, g_adv, g_l1, g_perc; ``pandas.DataFrame(history)``
+    per step: step, epoch, d, g_total, g_adv, g_l1, g_perc, and g_style / g_content when on; ``pandas.DataFrame(history)``
     plots the curves), ``samples`` ({epoch: (N, 3, H, W) in [0, 1]} generator outputs on the
     fixed sample photos; 0 = before training), ``metric_history`` (one dict per epoch trained
     with ``eval_pairs``: epoch, step and the mean of each metric over the eval pairs; seed
@@ -752,13 +756,27 @@ class Pix2PixTrainer:
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *,
                  perceptual: PerceptualLoss | None = None, lambda_l1: float = 100.0,
                  alpha: float = 0.001, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
-                 gan_mode: str = "vanilla", device: str | torch.device | None = None):
+                 gan_mode: str = "vanilla", device: str | torch.device | None = None,
+                 style_weight: float = 0.0, content_weight: float = 0.0):
         self.device = get_device(str(device) if device is not None else None)
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
         self.perceptual = perceptual.to(self.device) if perceptual is not None else None
         self.gan_loss = GANLoss(gan_mode)
         self.lambda_l1, self.alpha = float(lambda_l1), float(alpha)
+        self.style_weight, self.content_weight = float(style_weight), float(content_weight)
+        for name, w in (("style_weight", self.style_weight), ("content_weight", self.content_weight)):
+            if not w >= 0:
+                raise ValueError(f"{name} must be >= 0; got {w}")
+        self.style_features = None
+        if self.style_weight or self.content_weight:
+            from .taesd import FeatureExtractor, load_encoder
+
+            # its own encoder copy: building it draws the same random numbers in every process, so
+            # the dropout masks that follow do not depend on what ran before (the shared one draws
+            # them only on its first use)
+            self.style_features = FeatureExtractor(blocks=(1, 5, 9), encoder=load_encoder(fresh=True)).requires_grad_(
+                False).eval().to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=tuple(betas))
         self.step, self.epoch = 0, 0
@@ -771,7 +789,9 @@ class Pix2PixTrainer:
             "trainer": {"lambda_l1": self.lambda_l1, "alpha": self.alpha, "lr": float(lr),
                         "betas": [float(b) for b in betas], "gan_mode": gan_mode,
                         "perceptual": None if perceptual is None else
-                        f"{perceptual.info.label()} {perceptual.criterion}"},
+                        f"{perceptual.info.label()} {perceptual.criterion}",
+                        **({"style_weight": self.style_weight} if self.style_weight else {}),
+                        **({"content_weight": self.content_weight} if self.content_weight else {})},
         }
 
     # one step ------------------------------------------------------------------
@@ -802,6 +822,10 @@ class Pix2PixTrainer:
             parts = generator_loss(D(photo, fake), fake, comic, gan_loss=self.gan_loss,
                                    perceptual=self.perceptual, lambda_l1=self.lambda_l1,
                                    alpha=self.alpha)
+            if self.style_features is not None:
+                parts.update(self._chapter01_terms(photo, fake, comic))
+                parts["total"] = (parts["total"] + self.style_weight * parts.get("style", 0.0)
+                                  + self.content_weight * parts.get("content", 0.0))
             self._guard(parts["total"], "generator loss", parts)
             parts["total"].backward()
         finally:
@@ -812,8 +836,28 @@ class Pix2PixTrainer:
         row = {"step": self.step, "epoch": self.epoch + 1, "d": loss_d.item(),
                "g_total": parts["total"].item(), "g_adv": parts["adv"].item(),
                "g_l1": parts["l1"].item(), "g_perc": parts["perc"].item()}
+        for k in ("style", "content"):
+            if k in parts:
+                row[f"g_{k}"] = parts[k].item()
         self.history.append(row)
         return row
+
+    def _chapter01_terms(self, photo: torch.Tensor, fake: torch.Tensor, comic: torch.Tensor) -> dict:
+        """The Gram term (output vs its comic) and the content term (output vs its photo, block 9)."""
+        from .comicdiff.model import relative_gram_distance
+        from .taesd import feature_distance
+
+        out, terms = self.style_features(_to_image(fake)), {}
+        if self.style_weight:
+            with torch.no_grad():
+                target = self.style_features(_to_image(comic))
+            terms["style"] = relative_gram_distance(out, target).mean()
+        if self.content_weight:
+            deepest = max(out)
+            with torch.no_grad():
+                source = self.style_features(_to_image(photo))
+            terms["content"] = feature_distance(out, source, blocks=(deepest,)).mean()
+        return terms
 
     def _guard(self, loss: torch.Tensor, what: str, parts: dict | None = None) -> None:
         if torch.isfinite(loss).all():

@@ -152,11 +152,16 @@ class NST(Stylizer):
         return _resized(run, images, self.size)
 
 
+# ``checkpoint=`` values that name a course pix2pix generator (:mod:`comicutils.course_weights`)
+COURSE_PIX2PIX = {"course": "pix2pix", "course-style": "pix2pix-style"}
+
+
 @register("pix2pix")
 @dataclass
 class Pix2Pix(Stylizer):
     """A trained pix2pix generator (chapter 02): a checkpoint path, ``"course"`` (the course
-    weights, :mod:`comicutils.course_weights`) or a generator module.
+    weights, :mod:`comicutils.course_weights`; ``"course-style"``: trained on with chapter 01's
+    Gram-matrix term) or a generator module.
 
     Images are resized to the generator's training size and back; inference with per-image
     BatchNorm statistics (the pix2pix paper's rule, see :func:`comicutils.pix2pix.translate`).
@@ -175,11 +180,15 @@ class Pix2Pix(Stylizer):
         if self.generator is None:
             if self.checkpoint is None:
                 raise ValueError("pix2pix needs checkpoint=... or generator=...")
-            if str(self.checkpoint) == "course":
+            if str(self.checkpoint) in COURSE_PIX2PIX:
                 from . import course_weights
 
-                self.generator = course_weights.load_pix2pix(get_device(self.device))
-                self.weights = f"course weights ({course_weights.entry('pix2pix')['steps']} steps)"
+                name = COURSE_PIX2PIX[str(self.checkpoint)]
+                self.generator = course_weights.load_pix2pix(get_device(self.device), name=name)
+                steps = course_weights.entry(name)["steps"]
+                self.weights = (f"course weights ({steps} steps)" if name == "pix2pix" else
+                                f"course weights (pix2pix {course_weights.entry('pix2pix')['steps']} + "
+                                f"{name} {steps} steps)")
             else:
                 self.generator = pix2pix.load_generator(self.checkpoint, device=get_device(self.device))
                 self.weights = f"checkpoint {Path(self.checkpoint).name}"

@@ -115,11 +115,16 @@ def _cached(kind: str, dtype: torch.dtype) -> nn.Module:
     return _load(build_decoder(), DECODER_ASSET, dtype)
 
 
-def load_encoder(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Sequential:
+def load_encoder(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+                 fresh: bool = False) -> nn.Sequential:
     """The pretrained taef2 encoder, frozen, in eval mode (weights through the asset registry).
 
     Returns a shared instance per (dtype): do not modify it; ``copy.deepcopy`` it to fine-tune.
+    ``fresh=True`` builds and loads a new copy every call, so it draws the same random numbers
+    (from building the layers) wherever it is called, not only on the first call of a process.
     """
+    if fresh:
+        return _load(build_encoder(), ENCODER_ASSET, dtype).to(device)
     return _cached("encoder", dtype).to(device)
 
 

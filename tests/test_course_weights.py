@@ -43,7 +43,10 @@ def test_registered_files_match_their_checksums(name):
             from safetensors import safe_open
             with safe_open(str(folder.parent / rel), "pt") as fh:
                 dtypes = {fh.get_slice(k).get_dtype() for k in fh.keys()}
-            assert dtypes <= {"F16", "I64"}, (rel, dtypes)     # fp16 weights (integer buffers as they are)
+            # fp16 weights (integer buffers as they are); an int8 recipe: int8 filters with fp16 scales
+            allowed = {"F16", "I64"} | ({"I8"} if W.RECIPES[name].store == "int8" else set())
+            assert dtypes <= allowed, (rel, dtypes)
+            assert W.entry(name).get("store", "fp16") == W.RECIPES[name].store
 
 
 @pytest.mark.slow
@@ -264,6 +267,40 @@ def test_course_adapter_names_are_recipes_and_others_are_refused():
     assert style.settings["style_weight"] > 0 and "adversarial_weight" not in style.settings
     with pytest.raises(ValueError, match="adapter must be one of"):
         W.load_comicdiff("pix2pix")
+    assert set(stylizers.COURSE_PIX2PIX.values()) == set(W.PIX2PIX) <= set(W.RECIPES)
+    p2p = W.RECIPES["pix2pix-style"]                  # the pix2pix recipe trained on, the Gram term added
+    assert {k: p2p.settings[k] for k in W.RECIPES["pix2pix"].settings} == W.RECIPES["pix2pix"].settings
+    assert p2p.settings["init"] == "pix2pix" and p2p.settings["style_weight"] > 0 and "pix2pix" in p2p.needs
+    with pytest.raises(ValueError, match="not a course pix2pix generator"):
+        W.load_pix2pix(name="comicdiff-adapter")
+
+
+def test_int8_storage_halves_the_bytes_and_stays_within_half_a_step_of_each_weight():
+    g = torch.Generator().manual_seed(0)
+    state = {"conv.weight": torch.randn(8, 4, 3, 3, generator=g) * torch.linspace(0.01, 2, 8).view(8, 1, 1, 1),
+             "conv.bias": torch.randn(8, generator=g), "bn.num_batches_tracked": torch.tensor(7)}
+    stored = W._int8_state(state)
+    assert stored["conv.weight"].dtype == torch.int8 and stored["conv.bias"].dtype == torch.float16
+    assert stored["conv.weight"].abs().amax((1, 2, 3)).eq(127).all()          # each filter uses its full range
+    back = W._dequantized(stored)
+    assert set(back) == set(state) and back["bn.num_batches_tracked"].item() == 7
+    step = stored["conv.weight" + W.INT8_SCALE].float()
+    assert ((back["conv.weight"] - state["conv.weight"]).abs() <= 0.5 * step * (1 + 1e-3) + 1e-6).all()
+    fp16 = W._half_state(state)
+    assert stored["conv.weight"].nbytes * 2 == fp16["conv.weight"].nbytes
+    torch.testing.assert_close(W._dequantized(fp16)["conv.bias"], state["conv.bias"], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_warm_started_pix2pix_recipe_starts_from_the_course_generator(tmp_path, monkeypatch):
+    """``pix2pix-style`` trains the shipped ``pix2pix`` generator on: its recorded start state is
+    that generator's (not a fresh one's), and a step runs with the Gram term on."""
+    r = W.RECIPES["pix2pix-style"]
+    monkeypatch.setitem(W.RECIPES, r.name, W.Recipe(r.name, r.chapter, r.what, 1, r.settings, r.data, r.needs))
+    run = W.train(r.name, 1, work=tmp_path / "w", show_progress=False)
+    assert run["start_digest"] == W.state_digest(W.load_pix2pix(name="pix2pix"))
+    assert run["start_digest"] != W.entry("pix2pix")["start_digest"]               # that one starts fresh
+    assert run["steps"] == 1 and run["first_loss"] > 0
 
 
 @pytest.mark.slow

@@ -337,6 +337,43 @@ def test_checkpoint_round_trip_resume_and_samples(tmp_path):
         wrong.train(ds, epochs=3, checkpoint=ckpt, show_progress=False)
 
 
+def test_the_chapter01_terms_add_exactly_their_weighted_distances():
+    """``style_weight`` (beyond the report) adds w · relative Gram distance (output vs its own comic,
+    taef2 features) to G's loss, ``content_weight`` w · the deepest block's feature distance to the
+    photo, and nothing else: same start, same batch, same randomness."""
+    import copy
+
+    from comicutils.comicdiff.model import relative_gram_distance
+    from comicutils.taesd import FeatureExtractor
+
+    g, d = pix2pix.UNetGenerator(64, ngf=8, dropout=0.0), pix2pix.PatchDiscriminator(ndf=8)
+    off = pix2pix.Pix2PixTrainer(copy.deepcopy(g), copy.deepcopy(d), device="cpu")
+    on = pix2pix.Pix2PixTrainer(copy.deepcopy(g), copy.deepcopy(d), device="cpu", style_weight=3.0)
+    photo, comic = _rand(1, 3, 64, 64), _rand(1, 3, 64, 64, seed=1)
+    with torch.no_grad():
+        fake01 = (g.train()(photo * 2 - 1) + 1) / 2
+        fx = FeatureExtractor(blocks=(1, 5, 9))
+        want = relative_gram_distance(fx(fake01), fx(comic)).item()
+    row_off, row_on = off.train_step(photo, comic), on.train_step(photo, comic)
+    assert "g_style" not in row_off and row_on["d"] == pytest.approx(row_off["d"])
+    assert row_on["g_style"] == pytest.approx(want, rel=1e-4) and want > 0
+    assert row_on["g_total"] == pytest.approx(row_off["g_total"] + 3.0 * row_on["g_style"], rel=1e-5)
+    assert on.config["trainer"]["style_weight"] == 3.0 and "style_weight" not in off.config["trainer"]
+    with pytest.raises(ValueError, match="style_weight must be >= 0"):
+        pix2pix.Pix2PixTrainer(g, d, device="cpu", style_weight=-1.0)
+    both = pix2pix.Pix2PixTrainer(copy.deepcopy(g), copy.deepcopy(d), device="cpu", style_weight=3.0,
+                                  content_weight=2.0)
+    row = both.train_step(photo, comic)            # the content term: output vs the *photo*, deepest block
+    with torch.no_grad():
+        fo, fp = fx(fake01), fx(photo)
+        from comicutils.taesd import feature_distance
+        want_content = feature_distance(fo, fp, blocks=(9,)).item()
+    assert row["g_content"] == pytest.approx(want_content, rel=1e-4) and want_content > 0
+    assert row["g_total"] == pytest.approx(row_off["g_total"] + 3.0 * row["g_style"] + 2.0 * row["g_content"], rel=1e-5)
+    with pytest.raises(ValueError, match="content_weight must be >= 0"):
+        pix2pix.Pix2PixTrainer(g, d, device="cpu", content_weight=float("nan"))
+
+
 def test_nan_guard_raises_a_clear_error():
     trainer = _trainer()
     photo = _rand(1, 3, 32, 32)

@@ -262,6 +262,8 @@ def _cli(*args, cwd=None):
     (["train-pix2pix", "--data", "nowhere", "elsewhere", "--out", "x.pt"], "no such folder: nowhere"),
     (["stylize", "p.png", "--method", "comicdiff", "--adapter", "course-avd", "--out", "o"],
      "no such folder: course-avd (or one of the course adapters: course, course-adv, course-gan, course-style)"),
+    (["stylize", "p.png", "--method", "pix2pix", "--checkpoint", "course-styel", "--out", "o"],
+     "no such file: course-styel (or one of the course generators: course, course-style)"),
 ])
 def test_bad_arguments_are_one_usage_line_and_exit_2(tmp_path, args, needle):
     _photo(tmp_path)
