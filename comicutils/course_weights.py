@@ -73,7 +73,7 @@ class Recipe:
 _ADAPTER = {"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr": 1e-3, "lpips_weight": 0.8,
             "perceptual": "taef2", "aug_copies": 2, "seed": 0, "checkpoint_every": 25}
 
-# the pix2pix recipe's settings (its Gram-term variant adds to exactly these)
+# the pix2pix recipe's settings (its Gram- and content-term variant adds to exactly these)
 _PIX2PIX = {"size": 256, "generator": "unet", "ngf": 16, "batch_size": 1, "lr": 2e-4, "lambda_l1": 100.0,
             "gan_mode": "vanilla", "seed": 0, "checkpoint_every": 5}
 
@@ -120,11 +120,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            data="the 40 training pairs of the face2comics v2 preview grid at 256 px with joint augmentation; "
                 "the 10 held-out pairs are never seen"),
     Recipe("pix2pix-style", "02",
-           "the course pix2pix generator trained on with chapter 01's Gram-matrix statistics added to its loss "
-           "(weight 50, each output against its own target comic, on taef2 features): a warm start with a fresh "
-           "PatchGAN; stored in int8 (one fp16 scale per filter) to fit the size budget",
+           "the course pix2pix generator trained on with chapter 01's two terms added to its loss: Gram-matrix "
+           "statistics against its own target comic (weight 50) and taef2 block-5 features against its photo "
+           "(weight 50): a warm start with a fresh PatchGAN; stored in int8 (one fp16 scale per filter) to fit "
+           "the size budget",
            steps=400,
-           settings={**_PIX2PIX, "init": "pix2pix", "style_weight": 50.0},
+           settings={**_PIX2PIX, "init": "pix2pix", "style_weight": 50.0, "content_weight": 50.0, "content_block": 5},
            data="the same 40 training pairs as pix2pix, jointly augmented (the 10 held-out pairs are never seen)",
            needs=("pix2pix",), store="int8"),
     Recipe("stylegan-photo", "03",
@@ -404,7 +405,8 @@ def _build_pix2pix(s: dict):
         generator.load_state_dict(start.state_dict())
     return P.Pix2PixTrainer(generator, discriminator, perceptual=None, lambda_l1=s["lambda_l1"], lr=s["lr"],
                             gan_mode=s["gan_mode"], device="cpu" if not torch.cuda.is_available() else None,
-                            style_weight=s.get("style_weight", 0.0), content_weight=s.get("content_weight", 0.0))
+                            style_weight=s.get("style_weight", 0.0), content_weight=s.get("content_weight", 0.0),
+                            content_block=s.get("content_block", 9))
 
 
 def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:

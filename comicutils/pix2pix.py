@@ -742,7 +742,8 @@ class Pix2PixTrainer:
     ``style_weight`` · :func:`comicutils.comicdiff.model.relative_gram_distance` between the
     output's and its own target comic's taef2 features (blocks 1, 5, 9; blind to where a texture
     sits), and ``content_weight`` · :func:`comicutils.taesd.feature_distance` between the output's
-    and the *photo's* deepest block (9): the photo's layout, not its colours.
+    and the *photo's* features on one block (``content_block``: 9, the deepest, keeps the layout;
+    5 also keeps the parts' shapes; 1 nearly the pixels), not its colours.
 
     State: ``step`` (optimiser steps done), ``epoch`` (complete epochs), ``history`` (one dict
     per step: step, epoch, d, g_total, g_adv, g_l1, g_perc, and g_style / g_content when on; ``pandas.DataFrame(history)``
@@ -757,7 +758,7 @@ class Pix2PixTrainer:
                  perceptual: PerceptualLoss | None = None, lambda_l1: float = 100.0,
                  alpha: float = 0.001, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
                  gan_mode: str = "vanilla", device: str | torch.device | None = None,
-                 style_weight: float = 0.0, content_weight: float = 0.0):
+                 style_weight: float = 0.0, content_weight: float = 0.0, content_block: int = 9):
         self.device = get_device(str(device) if device is not None else None)
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
@@ -768,6 +769,9 @@ class Pix2PixTrainer:
         for name, w in (("style_weight", self.style_weight), ("content_weight", self.content_weight)):
             if not w >= 0:
                 raise ValueError(f"{name} must be >= 0; got {w}")
+        if content_block not in (1, 5, 9):
+            raise ValueError(f"content_block must be one of the taef2 blocks 1, 5, 9; got {content_block!r}")
+        self.content_block = int(content_block)
         self.style_features = None
         if self.style_weight or self.content_weight:
             from .taesd import FeatureExtractor, load_encoder
@@ -791,7 +795,8 @@ class Pix2PixTrainer:
                         "perceptual": None if perceptual is None else
                         f"{perceptual.info.label()} {perceptual.criterion}",
                         **({"style_weight": self.style_weight} if self.style_weight else {}),
-                        **({"content_weight": self.content_weight} if self.content_weight else {})},
+                        **({"content_weight": self.content_weight, "content_block": self.content_block}
+                           if self.content_weight else {})},
         }
 
     # one step ------------------------------------------------------------------
@@ -843,7 +848,7 @@ class Pix2PixTrainer:
         return row
 
     def _chapter01_terms(self, photo: torch.Tensor, fake: torch.Tensor, comic: torch.Tensor) -> dict:
-        """The Gram term (output vs its comic) and the content term (output vs its photo, block 9)."""
+        """The Gram term (output vs its comic) and the content term (output vs its photo, one block)."""
         from .comicdiff.model import relative_gram_distance
         from .taesd import feature_distance
 
@@ -853,10 +858,9 @@ class Pix2PixTrainer:
                 target = self.style_features(_to_image(comic))
             terms["style"] = relative_gram_distance(out, target).mean()
         if self.content_weight:
-            deepest = max(out)
             with torch.no_grad():
                 source = self.style_features(_to_image(photo))
-            terms["content"] = feature_distance(out, source, blocks=(deepest,)).mean()
+            terms["content"] = feature_distance(out, source, blocks=(self.content_block,)).mean()
         return terms
 
     def _guard(self, loss: torch.Tensor, what: str, parts: dict | None = None) -> None:

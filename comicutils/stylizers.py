@@ -161,7 +161,7 @@ COURSE_PIX2PIX = {"course": "pix2pix", "course-style": "pix2pix-style"}
 class Pix2Pix(Stylizer):
     """A trained pix2pix generator (chapter 02): a checkpoint path, ``"course"`` (the course
     weights, :mod:`comicutils.course_weights`; ``"course-style"``: trained on with chapter 01's
-    Gram-matrix term) or a generator module.
+    Gram-matrix and content terms) or a generator module.
 
     Images are resized to the generator's training size and back; inference with per-image
     BatchNorm statistics (the pix2pix paper's rule, see :func:`comicutils.pix2pix.translate`).

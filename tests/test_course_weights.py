@@ -271,6 +271,7 @@ def test_course_adapter_names_are_recipes_and_others_are_refused():
     p2p = W.RECIPES["pix2pix-style"]                  # the pix2pix recipe trained on, the Gram term added
     assert {k: p2p.settings[k] for k in W.RECIPES["pix2pix"].settings} == W.RECIPES["pix2pix"].settings
     assert p2p.settings["init"] == "pix2pix" and p2p.settings["style_weight"] > 0 and "pix2pix" in p2p.needs
+    assert p2p.settings["content_weight"] > 0 and p2p.settings["content_block"] in (1, 5, 9)   # chapter 01's other term
     with pytest.raises(ValueError, match="not a course pix2pix generator"):
         W.load_pix2pix(name="comicdiff-adapter")
 

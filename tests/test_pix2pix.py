@@ -372,6 +372,14 @@ def test_the_chapter01_terms_add_exactly_their_weighted_distances():
     assert row["g_total"] == pytest.approx(row_off["g_total"] + 3.0 * row["g_style"] + 2.0 * row["g_content"], rel=1e-5)
     with pytest.raises(ValueError, match="content_weight must be >= 0"):
         pix2pix.Pix2PixTrainer(g, d, device="cpu", content_weight=float("nan"))
+    mid = pix2pix.Pix2PixTrainer(copy.deepcopy(g), copy.deepcopy(d), device="cpu", content_weight=2.0,
+                                 content_block=5)      # a shallower block: the parts' shapes too
+    row = mid.train_step(photo, comic)
+    assert row["g_content"] == pytest.approx(feature_distance(fo, fp, blocks=(5,)).item(), rel=1e-4)
+    assert row["g_content"] != pytest.approx(want_content, rel=1e-2)
+    assert mid.config["trainer"]["content_block"] == 5 and "content_block" not in on.config["trainer"]
+    with pytest.raises(ValueError, match="content_block must be one of the taef2 blocks 1, 5, 9; got 4"):
+        pix2pix.Pix2PixTrainer(g, d, device="cpu", content_weight=1.0, content_block=4)
 
 
 def test_nan_guard_raises_a_clear_error():
