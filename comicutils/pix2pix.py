@@ -742,8 +742,8 @@ class Pix2PixTrainer:
     ``style_weight`` · :func:`comicutils.comicdiff.model.relative_gram_distance` between the
     output's and its own target comic's taef2 features (blocks 1, 5, 9; blind to where a texture
     sits), and ``content_weight`` · :func:`comicutils.taesd.feature_distance` between the output's
-    and the *photo's* features on one block (``content_block``: 9, the deepest, keeps the layout;
-    5 also keeps the parts' shapes; 1 nearly the pixels), not its colours.
+    and the *photo's* features on one of those blocks (``content_block``: 9, the deepest, keeps the
+    layout; a shallower one keeps more of the photo's detail), not its colours.
 
     State: ``step`` (optimiser steps done), ``epoch`` (complete epochs), ``history`` (one dict
     per step: step, epoch, d, g_total, g_adv, g_l1, g_perc, and g_style / g_content when on; ``pandas.DataFrame(history)``
@@ -753,6 +753,8 @@ class Pix2PixTrainer:
     003's Fig. 5 curve, see :meth:`evaluate`). ``history`` and ``metric_history`` are kept in
     the checkpoint; ``samples`` are not.
     """
+
+    FEATURE_BLOCKS = (1, 5, 9)          # the taef2 blocks of chapter 01's two terms
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *,
                  perceptual: PerceptualLoss | None = None, lambda_l1: float = 100.0,
@@ -769,8 +771,9 @@ class Pix2PixTrainer:
         for name, w in (("style_weight", self.style_weight), ("content_weight", self.content_weight)):
             if not w >= 0:
                 raise ValueError(f"{name} must be >= 0; got {w}")
-        if content_block not in (1, 5, 9):
-            raise ValueError(f"content_block must be one of the taef2 blocks 1, 5, 9; got {content_block!r}")
+        if content_block not in self.FEATURE_BLOCKS:
+            raise ValueError(f"content_block must be one of the taef2 blocks "
+                             f"{', '.join(map(str, self.FEATURE_BLOCKS))}; got {content_block!r}")
         self.content_block = int(content_block)
         self.style_features = None
         if self.style_weight or self.content_weight:
@@ -779,7 +782,7 @@ class Pix2PixTrainer:
             # its own encoder copy: building it draws the same random numbers in every process, so
             # the dropout masks that follow do not depend on what ran before (the shared one draws
             # them only on its first use)
-            self.style_features = FeatureExtractor(blocks=(1, 5, 9), encoder=load_encoder(fresh=True)).requires_grad_(
+            self.style_features = FeatureExtractor(blocks=self.FEATURE_BLOCKS, encoder=load_encoder(fresh=True)).requires_grad_(
                 False).eval().to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=tuple(betas))
