@@ -341,7 +341,8 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         g.add_argument("--adapter", metavar="DIR", type=dir_or_course, help="adapter folder written by train_lora "
                        "(e.g. data/runs/04/lora-r8/adapter), or 'course' for the course weights ('course-adv': trained with "
                        "the adversarial term; 'course-gan': 'course' trained on with a stronger one; 'course-style': 'course' "
-                       "trained on with chapter 01's Gram-matrix term) (required)")
+                       "trained on with chapter 01's Gram-matrix term; 'course-ink': 'course-style' trained on with the "
+                       "ink term) (required)")
         g.add_argument("--alpha", type=finite_float(), default=1.0, help="residual blend: 0 = VAE "
                        "reconstruction, 1 = as trained")
         g.add_argument("--denoiser", metavar="DIR", type=existing_dir, help="offline path's pre-trained U-Net "

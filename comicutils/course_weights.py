@@ -77,6 +77,7 @@ _ADAPTER = {"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr":
 _PIX2PIX = {"size": 256, "generator": "unet", "ngf": 16, "batch_size": 1, "lr": 2e-4, "lambda_l1": 100.0,
             "gan_mode": "vanilla", "seed": 0, "checkpoint_every": 5}
 
+_ADAPTER_DATA = "the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)"
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("comicdiff-denoiser", "04",
            "the offline ComicDiff U-Net (12.7 M parameters) pre-trained as a latent denoiser at 256 px",
@@ -97,22 +98,30 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "conditional PatchGAN on (photo, output), weight 0.05 reached over a 100-step warm-up",
            steps=400,
            settings={**_ADAPTER, "adversarial_weight": 0.05, "adversarial_warmup": 100},
-           data="the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)",
+           data=_ADAPTER_DATA,
            needs=("comicdiff-denoiser",)),
     Recipe("comicdiff-adapter-gan", "05",
            "the course adapter (comicdiff-adapter) trained on with chapter 05's adversarial term at weight 0.2 "
            "(reached over a 20-step warm-up): a warm start, the regression first and the sharpening second",
            steps=150,
            settings={**_ADAPTER, "init": "comicdiff-adapter", "adversarial_weight": 0.2, "adversarial_warmup": 20},
-           data="the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)",
+           data=_ADAPTER_DATA,
            needs=("comicdiff-denoiser", "comicdiff-adapter")),
     Recipe("comicdiff-adapter-style", "05",
            "the course adapter (comicdiff-adapter) trained on with chapter 01's Gram-matrix statistics added to "
            "its loss (weight 5, each output against its own target comic, on taef2 features): a warm start",
            steps=100,
            settings={**_ADAPTER, "init": "comicdiff-adapter", "style_weight": 5.0},
-           data="the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)",
+           data=_ADAPTER_DATA,
            needs=("comicdiff-denoiser", "comicdiff-adapter")),
+    Recipe("comicdiff-adapter-ink", "05",
+           "the Gram-trained course adapter (comicdiff-adapter-style) trained on with an ink term added: the "
+           "output's edge strengths, sorted, against its own target comic's (weight 40, "
+           "metrics.edge_histogram_distance; blind to where a line sits), the Gram term kept: a warm start",
+           steps=50,
+           settings={**_ADAPTER, "init": "comicdiff-adapter-style", "style_weight": 5.0, "edge_weight": 40.0},
+           data=_ADAPTER_DATA,
+           needs=("comicdiff-denoiser", "comicdiff-adapter-style")),
     Recipe("pix2pix", "02",
            "a pix2pix U-Net generator (ngf 16, 3.4 M parameters) with a 70 px PatchGAN, L1 weight 100, at 256 px",
            steps=3000,
@@ -150,7 +159,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 
 PIX2PIX = ("pix2pix", "pix2pix-style")                                                # pix2pix generators
 ADAPTERS = ("comicdiff-adapter", "comicdiff-adapter-adv", "comicdiff-adapter-gan",    # LoRAs on the course denoiser
-            "comicdiff-adapter-style")
+            "comicdiff-adapter-style", "comicdiff-adapter-ink")
 
 
 # --------------------------------------------------------------------------- where they are
@@ -385,7 +394,8 @@ def _train_adapter(recipe: Recipe, steps: int, work: Path, show_progress: bool) 
                         epochs=10 ** 6, max_steps=steps, lpips_weight=s["lpips_weight"], perceptual=s["perceptual"],
                         checkpoint_every=s["checkpoint_every"], seed=s["seed"],
                         adversarial_weight=s.get("adversarial_weight", 0.0),
-                        adversarial_warmup=s.get("adversarial_warmup", 0), style_weight=s.get("style_weight", 0.0))
+                        adversarial_warmup=s.get("adversarial_warmup", 0), style_weight=s.get("style_weight", 0.0),
+                        edge_weight=s.get("edge_weight", 0.0))
     result = T.train_lora(model, dataset, cfg, out_dir=work, resume=True, show_progress=show_progress)
     first = result.history[0]["loss"] if result.history and result.history[0].get("step") == 1 else None
     return result.steps, first
@@ -406,7 +416,7 @@ def _build_pix2pix(s: dict):
     return P.Pix2PixTrainer(generator, discriminator, perceptual=None, lambda_l1=s["lambda_l1"], lr=s["lr"],
                             gan_mode=s["gan_mode"], device="cpu" if not torch.cuda.is_available() else None,
                             style_weight=s.get("style_weight", 0.0), content_weight=s.get("content_weight", 0.0),
-                            content_block=s.get("content_block", 9))
+                            content_block=s.get("content_block", 9), edge_weight=s.get("edge_weight", 0.0))
 
 
 def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
@@ -484,7 +494,8 @@ def _train_stylegan_comic(recipe: Recipe, steps: int, work: Path, show_progress:
 TRAINERS: dict[str, Callable[[Recipe, int, Path, bool], tuple[int, float | None]]] = {
     "comicdiff-denoiser": _train_denoiser, "comicdiff-adapter": _train_adapter,
     "comicdiff-adapter-adv": _train_adapter, "comicdiff-adapter-gan": _train_adapter,
-    "comicdiff-adapter-style": _train_adapter, "pix2pix": _train_pix2pix, "pix2pix-style": _train_pix2pix,
+    "comicdiff-adapter-style": _train_adapter, "comicdiff-adapter-ink": _train_adapter,
+    "pix2pix": _train_pix2pix, "pix2pix-style": _train_pix2pix,
     "stylegan-photo": _train_stylegan_photo, "stylegan-comic": _train_stylegan_comic}
 
 

@@ -743,10 +743,13 @@ class Pix2PixTrainer:
     output's and its own target comic's taef2 features (blocks 1, 5, 9; blind to where a texture
     sits), and ``content_weight`` · :func:`comicutils.taesd.feature_distance` between the output's
     and the *photo's* features on one of those blocks (``content_block``: 9, the deepest, keeps the
-    layout; a shallower one keeps more of the photo's detail), not its colours.
+    layout; a shallower one keeps more of the photo's detail), not its colours. And an ink term,
+    ``edge_weight`` · :func:`comicutils.metrics.edge_histogram_distance` between the output's and
+    its comic's edge strengths, sorted (blind to where the lines sit; asks for flat areas and
+    strong lines in a comic's proportions).
 
     State: ``step`` (optimiser steps done), ``epoch`` (complete epochs), ``history`` (one dict
-    per step: step, epoch, d, g_total, g_adv, g_l1, g_perc, and g_style / g_content when on; ``pandas.DataFrame(history)``
+    per step: step, epoch, d, g_total, g_adv, g_l1, g_perc, and g_style / g_content / g_edges when on; ``pandas.DataFrame(history)``
     plots the curves), ``samples`` ({epoch: (N, 3, H, W) in [0, 1]} generator outputs on the
     fixed sample photos; 0 = before training), ``metric_history`` (one dict per epoch trained
     with ``eval_pairs``: epoch, step and the mean of each metric over the eval pairs; seed
@@ -760,7 +763,8 @@ class Pix2PixTrainer:
                  perceptual: PerceptualLoss | None = None, lambda_l1: float = 100.0,
                  alpha: float = 0.001, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
                  gan_mode: str = "vanilla", device: str | torch.device | None = None,
-                 style_weight: float = 0.0, content_weight: float = 0.0, content_block: int = 9):
+                 style_weight: float = 0.0, content_weight: float = 0.0, content_block: int = 9,
+                 edge_weight: float = 0.0):
         self.device = get_device(str(device) if device is not None else None)
         self.generator = generator.to(self.device)
         self.discriminator = discriminator.to(self.device)
@@ -768,7 +772,9 @@ class Pix2PixTrainer:
         self.gan_loss = GANLoss(gan_mode)
         self.lambda_l1, self.alpha = float(lambda_l1), float(alpha)
         self.style_weight, self.content_weight = float(style_weight), float(content_weight)
-        for name, w in (("style_weight", self.style_weight), ("content_weight", self.content_weight)):
+        self.edge_weight = float(edge_weight)
+        for name, w in (("style_weight", self.style_weight), ("content_weight", self.content_weight),
+                        ("edge_weight", self.edge_weight)):
             if not w >= 0:
                 raise ValueError(f"{name} must be >= 0; got {w}")
         if content_block not in self.FEATURE_BLOCKS:
@@ -799,7 +805,8 @@ class Pix2PixTrainer:
                         f"{perceptual.info.label()} {perceptual.criterion}",
                         **({"style_weight": self.style_weight} if self.style_weight else {}),
                         **({"content_weight": self.content_weight, "content_block": self.content_block}
-                           if self.content_weight else {})},
+                           if self.content_weight else {}),
+                        **({"edge_weight": self.edge_weight} if self.edge_weight else {})},
         }
 
     # one step ------------------------------------------------------------------
@@ -830,10 +837,11 @@ class Pix2PixTrainer:
             parts = generator_loss(D(photo, fake), fake, comic, gan_loss=self.gan_loss,
                                    perceptual=self.perceptual, lambda_l1=self.lambda_l1,
                                    alpha=self.alpha)
-            if self.style_features is not None:
+            if self.style_features is not None or self.edge_weight:
                 parts.update(self._chapter01_terms(photo, fake, comic))
                 parts["total"] = (parts["total"] + self.style_weight * parts.get("style", 0.0)
-                                  + self.content_weight * parts.get("content", 0.0))
+                                  + self.content_weight * parts.get("content", 0.0)
+                                  + self.edge_weight * parts.get("edges", 0.0))
             self._guard(parts["total"], "generator loss", parts)
             parts["total"].backward()
         finally:
@@ -844,18 +852,25 @@ class Pix2PixTrainer:
         row = {"step": self.step, "epoch": self.epoch + 1, "d": loss_d.item(),
                "g_total": parts["total"].item(), "g_adv": parts["adv"].item(),
                "g_l1": parts["l1"].item(), "g_perc": parts["perc"].item()}
-        for k in ("style", "content"):
+        for k in ("style", "content", "edges"):
             if k in parts:
                 row[f"g_{k}"] = parts[k].item()
         self.history.append(row)
         return row
 
     def _chapter01_terms(self, photo: torch.Tensor, fake: torch.Tensor, comic: torch.Tensor) -> dict:
-        """The Gram term (output vs its comic) and the content term (output vs its photo, one block)."""
+        """The Gram term (output vs its comic), the content term (output vs its photo, one block)
+        and the edge term (output's edge strengths vs its comic's, position-blind)."""
         from .comicdiff.model import relative_gram_distance
+        from .metrics import edge_histogram_distance
         from .taesd import feature_distance
 
-        out, terms = self.style_features(_to_image(fake)), {}
+        terms = {}
+        if self.edge_weight:
+            terms["edges"] = edge_histogram_distance(_to_image(fake), _to_image(comic)).mean()
+        if self.style_features is None:
+            return terms
+        out = self.style_features(_to_image(fake))
         if self.style_weight:
             with torch.no_grad():
                 target = self.style_features(_to_image(comic))

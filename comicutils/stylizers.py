@@ -249,7 +249,8 @@ class AnimeGAN(Stylizer):
 
 # ``adapter=`` values that name a course weight (:mod:`comicutils.course_weights`)
 COURSE_ADAPTERS = {"course": "comicdiff-adapter", "course-adv": "comicdiff-adapter-adv",
-                   "course-gan": "comicdiff-adapter-gan", "course-style": "comicdiff-adapter-style"}
+                   "course-gan": "comicdiff-adapter-gan", "course-style": "comicdiff-adapter-style",
+                   "course-ink": "comicdiff-adapter-ink"}
 
 
 @register("comicdiff")
@@ -261,7 +262,8 @@ class ComicDiffStylizer(Stylizer):
     pre-trained denoiser next to the run), ``"course"`` (the course denoiser and adapter,
     :mod:`comicutils.course_weights`; ``"course-adv"``: the adapter trained with the adversarial
     term; ``"course-gan"``: the course adapter trained on with a stronger one; ``"course-style"``: trained on
-    with chapter 01's Gram-matrix term) or a ready ``model``. Images are resized to the
+    with chapter 01's Gram-matrix term; ``"course-ink"``: that one trained on with the ink term, sorted
+    edge strengths against the comic's) or a ready ``model``. Images are resized to the
     adapter's training size and back (bicubic); ``alpha`` blends the learned residual.
     """
 

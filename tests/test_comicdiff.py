@@ -278,6 +278,11 @@ def test_the_style_option_adds_its_weighted_term(mirror):
     assert torch.isclose(terms["loss"], terms["mse"] + 0.8 * terms["perceptual"] + 2.0 * terms["style"])
     assert cd.ComicDiffLoss(perc, 0.8, style_weight=2.0)(x, x)["style"] == 0
     assert "style" not in cd.ComicDiffLoss(perc, 0.8)(x, y)                  # off by default, as in the report
+    from comicutils.metrics import edge_histogram_distance
+    inked = cd.ComicDiffLoss(perc, 0.8, "l1", style_weight=2.0, edge_weight=4.0)(x, y)
+    assert inked["edges"] == pytest.approx(edge_histogram_distance(x, y).mean().item(), rel=1e-5) and inked["edges"] > 0
+    assert torch.isclose(inked["loss"], terms["loss"] + 4.0 * inked["edges"])
+    assert "edges" not in terms
 
 
 # --------------------------------------------------------------------------- inference

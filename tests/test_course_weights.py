@@ -265,6 +265,10 @@ def test_course_adapter_names_are_recipes_and_others_are_refused():
     style = W.RECIPES["comicdiff-adapter-style"]      # the same warm start with the Gram-matrix term instead
     assert {k: style.settings[k] for k in same} == same and style.settings["init"] == "comicdiff-adapter"
     assert style.settings["style_weight"] > 0 and "adversarial_weight" not in style.settings
+    ink = W.RECIPES["comicdiff-adapter-ink"]          # the Gram-trained one trained on, the ink term added
+    assert {k: ink.settings[k] for k in same} == same and ink.settings["init"] == "comicdiff-adapter-style"
+    assert ink.settings["style_weight"] == style.settings["style_weight"] and ink.settings["edge_weight"] > 0
+    assert "comicdiff-adapter-style" in ink.needs and "edge_weight" not in style.settings
     with pytest.raises(ValueError, match="adapter must be one of"):
         W.load_comicdiff("pix2pix")
     assert set(stylizers.COURSE_PIX2PIX.values()) == set(W.PIX2PIX) <= set(W.RECIPES)

@@ -366,3 +366,31 @@ def test_sharpness_and_edge_density_see_lines_and_blur():
     assert sharpness(x) > sharpness(blurred) > sharpness(flat) == 0
     assert edge_density(x) > edge_density(blurred) and edge_density(flat) == 0
     assert 0 < edge_density(x).item() < 0.3 and sharpness(torch.rand(2, 3, 16, 16)).shape == (2,)
+
+
+def test_edge_histogram_distance_is_blind_to_where_lines_sit_and_sees_blur():
+    """The ink term's defining property: a line moved elsewhere costs nothing, the same line
+    blurred (the average of misaligned targets) costs something, and it pulls a blurred image
+    towards sharp lines and flat areas (its gradient raises the strongest edges)."""
+    from comicutils.metrics import ImageError, edge_density, edge_histogram_distance
+
+    x = torch.full((1, 3, 32, 32), 0.8)
+    x[..., 15:17, :] = 0.0
+    moved = torch.roll(x, 7, dims=2)                         # the same line elsewhere
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    assert edge_histogram_distance(moved, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert edge_histogram_distance(blurred, x).item() > 0.01
+    assert edge_histogram_distance(torch.cat([x, blurred]), torch.cat([x, x])).shape == (2,)
+    y = blurred.clone().requires_grad_(True)
+    opt = torch.optim.Adam([y], lr=0.01)
+    for _ in range(100):
+        opt.zero_grad()
+        edge_histogram_distance(y, x).sum().backward()
+        opt.step()
+    sharpened = y.detach().clamp(0, 1)
+    assert edge_histogram_distance(sharpened, x) < edge_histogram_distance(blurred, x) / 2
+    assert edge_density(sharpened) > edge_density(blurred)
+    with pytest.raises(ImageError, match="same shape"):
+        edge_histogram_distance(x, x[..., :16, :])
+    with pytest.raises(ImageError, match="RGB"):
+        edge_histogram_distance(x[:, :1], x[:, :1])

@@ -380,6 +380,16 @@ def test_the_chapter01_terms_add_exactly_their_weighted_distances():
     assert mid.config["trainer"]["content_block"] == 5 and "content_block" not in on.config["trainer"]
     with pytest.raises(ValueError, match="content_block must be one of the taef2 blocks 1, 5, 9; got 4"):
         pix2pix.Pix2PixTrainer(g, d, device="cpu", content_weight=1.0, content_block=4)
+    from comicutils.metrics import edge_histogram_distance
+    inked = pix2pix.Pix2PixTrainer(copy.deepcopy(g), copy.deepcopy(d), device="cpu", edge_weight=5.0)
+    row = inked.train_step(photo, comic)           # the ink term: sorted edge strengths vs the comic's
+    want_edges = edge_histogram_distance(fake01, comic).item()
+    assert row["g_edges"] == pytest.approx(want_edges, rel=1e-4) and want_edges > 0
+    assert row["g_total"] == pytest.approx(row_off["g_total"] + 5.0 * row["g_edges"], rel=1e-5)
+    assert inked.config["trainer"]["edge_weight"] == 5.0 and "edge_weight" not in off.config["trainer"]
+    assert inked.style_features is None            # no feature encoder needed for it
+    with pytest.raises(ValueError, match="edge_weight must be >= 0"):
+        pix2pix.Pix2PixTrainer(g, d, device="cpu", edge_weight=-2.0)
 
 
 def test_nan_guard_raises_a_clear_error():

@@ -261,7 +261,7 @@ def _cli(*args, cwd=None):
     (["train-pix2pix", "--epochs", "0", "--out", "x.pt"], "--epochs: must be at least 1"),
     (["train-pix2pix", "--data", "nowhere", "elsewhere", "--out", "x.pt"], "no such folder: nowhere"),
     (["stylize", "p.png", "--method", "comicdiff", "--adapter", "course-avd", "--out", "o"],
-     "no such folder: course-avd (or one of the course adapters: course, course-adv, course-gan, course-style)"),
+     "no such folder: course-avd (or one of the course adapters: course, course-adv, course-gan, course-style, course-ink)"),
     (["stylize", "p.png", "--method", "pix2pix", "--checkpoint", "course-styel", "--out", "o"],
      "no such file: course-styel (or one of the course generators: course, course-style)"),
 ])

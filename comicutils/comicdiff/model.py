@@ -207,18 +207,20 @@ def relative_gram_distance(features_a: dict, features_b: dict) -> torch.Tensor:
 class ComicDiffLoss(nn.Module):
     """MSE(ŷ, y) + λ · perceptual(ŷ, y) in pixel space, both images in [0, 1] (the ComicDiff report: λ = 0.8),
     plus, beyond the report, ``style_weight`` · :func:`relative_gram_distance` on taef2 features
-    (blocks 1, 5, 9) between the output and its target comic (0: off).
+    (blocks 1, 5, 9) between the output and its target comic, and ``edge_weight`` ·
+    :func:`comicutils.metrics.edge_histogram_distance`, the output's sorted edge strengths against
+    its comic's (flat areas and ink lines in a comic's proportions, wherever they sit) (0: off).
 
-    Returns a dict of scalars: ``loss``, ``mse``, ``perceptual`` (and ``style`` when on).
+    Returns a dict of scalars: ``loss``, ``mse``, ``perceptual`` (and ``style`` / ``edges`` when on).
     """
 
     def __init__(self, perceptual: nn.Module | None, lpips_weight: float = 0.8, name: str = "lpips-vgg",
-                 style_weight: float = 0.0):
+                 style_weight: float = 0.0, edge_weight: float = 0.0):
         super().__init__()
         if lpips_weight and perceptual is None:
             raise ValueError("a perceptual module is needed when lpips_weight > 0")
         self.perceptual, self.lpips_weight, self.name = perceptual, float(lpips_weight), name
-        self.style_weight = float(style_weight)
+        self.style_weight, self.edge_weight = float(style_weight), float(edge_weight)
         self.style_features = None
         if self.style_weight:
             from ..taesd import FeatureExtractor
@@ -238,6 +240,12 @@ class ComicDiffLoss(nn.Module):
             style = relative_gram_distance(self.style_features(pred.float()), self.style_features(target.float())).mean()
             out["loss"] = out["loss"] + self.style_weight * style
             out["style"] = style
+        if self.edge_weight:
+            from ..metrics import edge_histogram_distance
+
+            edges = edge_histogram_distance(pred.float(), target.float()).mean()
+            out["loss"] = out["loss"] + self.edge_weight * edges
+            out["edges"] = edges
         return out
 
 

@@ -284,6 +284,9 @@ class TrainConfig:
     # beyond the report: chapter 01's Gram-matrix statistics, output against its own target comic, on taef2
     # features (model.relative_gram_distance); position-blind, so misalignment does not blur. 0: off.
     style_weight: float = 0.0
+    # beyond the report: the output's sorted edge strengths against its comic's (metrics.edge_histogram_distance):
+    # flat areas and ink lines in a comic's proportions, wherever they sit. 0: off.
+    edge_weight: float = 0.0
     discriminator_ndf: int = 32
     discriminator_lr: float = 2e-4
 
@@ -468,7 +471,8 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     model.to(device)
     if loss_fn is None:
         perc, name = perceptual_loss(config.perceptual if config.lpips_weight else "taef2", device)
-        loss_fn = ComicDiffLoss(perc, config.lpips_weight, name, style_weight=config.style_weight)
+        loss_fn = ComicDiffLoss(perc, config.lpips_weight, name, style_weight=config.style_weight,
+                                edge_weight=config.edge_weight)
     loss_fn.to(device)
     if accelerator.mixed_precision in ("fp16", "bf16"):      # frozen weights in half precision,
         half = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
@@ -532,8 +536,9 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
             row = {"step": step, "epoch": epoch + 1, "loss": terms["loss"].item(),
                    "mse": terms["mse"].item(), "perceptual": terms["perceptual"].item(),
                    "grad_norm": float(gnorm), "seconds": time.perf_counter() - t0}
-            if "style" in terms:
-                row["style"] = terms["style"].item()
+            for k in ("style", "edges"):
+                if k in terms:
+                    row[k] = terms[k].item()
             if adversary is not None:
                 row.update({k: terms[k].item() for k in ("adversarial", "discriminator")})
                 row["adversarial_weight"] = float(terms["adversarial_weight"])
