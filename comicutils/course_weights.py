@@ -77,6 +77,9 @@ _ADAPTER = {"size": 256, "rank": 8, "feed_forward": True, "batch_size": 4, "lr":
 _PIX2PIX = {"size": 256, "generator": "unet", "ngf": 16, "batch_size": 1, "lr": 2e-4, "lambda_l1": 100.0,
             "gan_mode": "vanilla", "seed": 0, "checkpoint_every": 5}
 
+# chapter 01's Gram term as the style adapter adds it; the ink adapter trains that one on and keeps it
+_ADAPTER_GRAM = {"style_weight": 5.0}
+
 _ADAPTER_DATA = "the same 160 latent pairs as comicdiff-adapter (the 10 held-out pairs are never seen)"
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("comicdiff-denoiser", "04",
@@ -111,7 +114,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "the course adapter (comicdiff-adapter) trained on with chapter 01's Gram-matrix statistics added to "
            "its loss (weight 5, each output against its own target comic, on taef2 features): a warm start",
            steps=100,
-           settings={**_ADAPTER, "init": "comicdiff-adapter", "style_weight": 5.0},
+           settings={**_ADAPTER, "init": "comicdiff-adapter", **_ADAPTER_GRAM},
            data=_ADAPTER_DATA,
            needs=("comicdiff-denoiser", "comicdiff-adapter")),
     Recipe("comicdiff-adapter-ink", "05",
@@ -119,7 +122,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "output's edge strengths, sorted, against its own target comic's (weight 40, "
            "metrics.edge_histogram_distance; blind to where a line sits), the Gram term kept: a warm start",
            steps=50,
-           settings={**_ADAPTER, "init": "comicdiff-adapter-style", "style_weight": 5.0, "edge_weight": 40.0},
+           settings={**_ADAPTER, "init": "comicdiff-adapter-style", **_ADAPTER_GRAM, "edge_weight": 40.0},
            data=_ADAPTER_DATA,
            needs=("comicdiff-denoiser", "comicdiff-adapter-style")),
     Recipe("pix2pix", "02",
