@@ -398,7 +398,8 @@ def _train_adapter(recipe: Recipe, steps: int, work: Path, show_progress: bool) 
                         checkpoint_every=s["checkpoint_every"], seed=s["seed"],
                         adversarial_weight=s.get("adversarial_weight", 0.0),
                         adversarial_warmup=s.get("adversarial_warmup", 0), style_weight=s.get("style_weight", 0.0),
-                        edge_weight=s.get("edge_weight", 0.0))
+                        edge_weight=s.get("edge_weight", 0.0), palette_weight=s.get("palette_weight", 0.0),
+                        flat_weight=s.get("flat_weight", 0.0))
     result = T.train_lora(model, dataset, cfg, out_dir=work, resume=True, show_progress=show_progress)
     first = result.history[0]["loss"] if result.history and result.history[0].get("step") == 1 else None
     return result.steps, first

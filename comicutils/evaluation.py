@@ -186,6 +186,12 @@ def _style_metric(name: str, outputs: torch.Tensor, unavailable: dict, classifie
     return gan.inception_score(probs, splits=max(1, min(10, len(outputs) // 10)))[0]
 
 
+def _look(images: torch.Tensor) -> dict:
+    return {"edge density": float(metrics.edge_density(images).mean()),
+            "sharpness": float(metrics.sharpness(images).mean()),
+            "palette size": float(metrics.palette_size(images).mean())}
+
+
 def portrait_report(methods: Mapping[str, object], photos: torch.Tensor, *, comics: torch.Tensor | None = None,
                     detector: str = "auto"):
     """How each method treats unpaired portraits -> DataFrame, one row per method (+ reference rows).
@@ -195,9 +201,11 @@ def portrait_report(methods: Mapping[str, object], photos: torch.Tensor, *, comi
     the photo and the output, of N), ``ID < 0.6`` (share of those faces whose dlib identity
     distance photo -> output is below :data:`comicutils.faces.SAME_PERSON_THRESHOLD`: the same
     person), ``ID distance`` (median), ``edge density`` and ``sharpness``
-    (:func:`comicutils.metrics.edge_density`, :func:`~comicutils.metrics.sharpness`: line work).
-    Reference rows: the photos themselves and, given ``comics``, the artist's comics (their
-    edge density is what "visible outlines" should approach). ``df.attrs["outputs"]`` keeps
+    (:func:`comicutils.metrics.edge_density`, :func:`~comicutils.metrics.sharpness`: line work),
+    and ``palette size`` (:func:`comicutils.metrics.palette_size`, mean: how many colours paint
+    90 % of an image; flat shading needs few). Reference rows: the photos themselves and, given
+    ``comics``, the artist's comics (their edge density and palette size are what "visible
+    outlines and flat shading" should approach). ``df.attrs["outputs"]`` keeps
     the images for figures.
     """
     import pandas as pd
@@ -215,13 +223,11 @@ def portrait_report(methods: Mapping[str, object], photos: torch.Tensor, *, comi
                      "ID < 0.6": float((d[found] < faces.SAME_PERSON_THRESHOLD).float().mean()) if found.any()
                      else float("nan"),
                      "ID distance": float(d[found].median()) if found.any() else float("nan"),
-                     "edge density": float(metrics.edge_density(out).mean()),
-                     "sharpness": float(metrics.sharpness(out).mean())})
+                     **_look(out)})
         outputs[label] = out
     for label, images in (("photos (input)", photos), ("artist's comics", comics)):
         if images is not None:
-            rows.append({"method": label, "edge density": float(metrics.edge_density(images).mean()),
-                         "sharpness": float(metrics.sharpness(images).mean())})
+            rows.append({"method": label, **_look(images)})
     df = pd.DataFrame(rows).set_index("method")
     df.attrs["outputs"] = outputs
     return df

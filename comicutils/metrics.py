@@ -450,6 +450,75 @@ def edge_histogram_distance(images: torch.Tensor, targets: torch.Tensor) -> torc
     return (a - b).abs().mean(dim=1)
 
 
+# fixed colour directions for palette_distance: the three channels, grey, and two opponent axes
+_PALETTE_AXES = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
+                              [1 / 3 ** 0.5] * 3, [1 / 2 ** 0.5, -1 / 2 ** 0.5, 0.0],
+                              [1 / 6 ** 0.5, 1 / 6 ** 0.5, -2 / 6 ** 0.5]])
+
+
+def palette_distance(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How far each image's *distribution of colours* is from its target's (N,): every pixel's
+    colour is projected on six fixed directions (R, G, B, grey and two opponent axes), each
+    projection sorted, and the mean gap between the k-th values taken (a sliced 1-D Wasserstein
+    distance). Blind to where a colour sits; a comic's few flat tones make its sorted values run
+    in long steps, so matching them asks for fewer, flatter tones. Differentiable; same shapes."""
+    if images.shape != targets.shape:
+        raise ImageError(f"palette_distance: images {tuple(images.shape)} and targets "
+                         f"{tuple(targets.shape)} must have the same shape")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ImageError(f"palette_distance: expected RGB images (N, 3, H, W); got {tuple(images.shape)}")
+    axes = _PALETTE_AXES.to(images.device)
+    a = torch.einsum("nchw,kc->nkhw", images.float(), axes).flatten(2).sort(dim=2).values
+    b = torch.einsum("nchw,kc->nkhw", targets.float(), axes).flatten(2).sort(dim=2).values
+    return (a - b).abs().mean(dim=(1, 2))
+
+
+def palette_size(images: torch.Tensor, levels: int = 16, share: float = 0.9) -> torch.Tensor:
+    """How many colours it takes to paint ``share`` of each image (N,): RGB quantised to
+    ``levels`` steps per channel, the most used colours counted until they cover ``share`` of the
+    pixels. Flat shading needs few; photo texture and grain need many."""
+    x = _as_batch(images, "palette_size").detach().float().cpu().clamp(0, 1)
+    if levels < 2 or not 0 < share <= 1:
+        raise ValueError(f"palette_size: levels must be >= 2 and share in (0, 1]; got {levels}, {share}")
+    q = (x * (levels - 1e-6)).long()
+    codes = (q[:, 0] * levels + q[:, 1]) * levels + q[:, 2]
+    out = []
+    for c in codes:
+        counts = torch.bincount(c.flatten(), minlength=levels ** 3).sort(descending=True).values
+        covered = counts.cumsum(0).double() / c.numel()
+        out.append(int((covered < share - 1e-9).sum()) + 1)
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def superpixel_flatten(images: torch.Tensor, segments: int = 200, compactness: float = 10.0) -> torch.Tensor:
+    """Each image painted flat (N, 3, H, W): cut into about ``segments`` SLIC superpixels
+    (regions of similar colour that follow its edges) and every superpixel filled with its mean
+    colour — the "structure" picture of white-box cartoonization (Wang & Yu 2020). Not
+    differentiable (a target, computed on the CPU); same size and device as ``images``."""
+    from skimage.segmentation import slic
+
+    x = _as_batch(images, "superpixel_flatten")
+    if segments < 1:
+        raise ValueError(f"superpixel_flatten: segments must be >= 1; got {segments}")
+    out = []
+    for im in x.detach().float().cpu().clamp(0, 1).numpy().transpose(0, 2, 3, 1).astype(np.float64):
+        labels = slic(im, n_segments=segments, compactness=compactness, start_label=0, channel_axis=-1).ravel()
+        counts = np.maximum(np.bincount(labels), 1)
+        flat = np.stack([(np.bincount(labels, im[..., c].ravel()) / counts)[labels] for c in range(3)], 0)
+        out.append(torch.from_numpy(flat.reshape(3, *im.shape[:2])))
+    return torch.stack(out).to(device=x.device, dtype=x.dtype)
+
+
+def flatness_distance(images: torch.Tensor, segments: int = 200) -> torch.Tensor:
+    """How far each image is from its own flat-painted version (N,): mean |x - flatten(x)| with
+    :func:`superpixel_flatten` held fixed, so its gradient pulls every pixel towards its
+    superpixel's mean colour: texture, grain and stray strands go, region boundaries stay."""
+    _as_batch(images.detach(), "flatness_distance")                 # checks only: gradients flow through images
+    x = images if images.ndim == 4 else images.unsqueeze(0)
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    return (x - superpixel_flatten(x.detach(), segments)).abs().mean(dim=(1, 2, 3))
+
+
 def score_pairs(preds: torch.Tensor, targets: torch.Tensor, *,
                 metrics: Sequence[str] | None = None, names: Sequence[str] | None = None,
                 photos: torch.Tensor | None = None, batch_size: int = 16,

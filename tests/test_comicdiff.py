@@ -283,6 +283,16 @@ def test_the_style_option_adds_its_weighted_term(mirror):
     assert inked["edges"] == pytest.approx(edge_histogram_distance(x, y).mean().item(), rel=1e-5) and inked["edges"] > 0
     assert torch.isclose(inked["loss"], terms["loss"] + 4.0 * inked["edges"])
     assert "edges" not in terms
+    from comicutils.metrics import palette_distance
+    toned = cd.ComicDiffLoss(perc, 0.8, "l1", style_weight=2.0, edge_weight=4.0, palette_weight=3.0)(x, y)
+    assert toned["palette"] == pytest.approx(palette_distance(x, y).mean().item(), rel=1e-5) and toned["palette"] > 0
+    assert torch.isclose(toned["loss"], inked["loss"] + 3.0 * toned["palette"])
+    assert "palette" not in inked
+    from comicutils.metrics import flatness_distance
+    painted = cd.ComicDiffLoss(perc, 0.8, "l1", palette_weight=3.0, flat_weight=2.0)(x, y)
+    assert painted["flat"] == pytest.approx(flatness_distance(x).mean().item(), rel=1e-5) and painted["flat"] > 0
+    assert torch.isclose(painted["loss"], terms["mse"] + 0.8 * terms["perceptual"] + 3.0 * painted["palette"]
+                         + 2.0 * painted["flat"])
 
 
 # --------------------------------------------------------------------------- inference
@@ -385,6 +395,18 @@ def test_random_sd21_components_have_the_real_shapes():
     assert (comp.codec.latent_channels, comp.codec.downscale_factor, comp.codec.scaling_factor) == (4, 8, 0.18215)
     assert sum(p.numel() for p in comp.unet.parameters()) == 865_910_724
     assert comp.prompt_embeds.shape == (1, 77, 1024)
+
+
+def test_the_palette_and_flat_options_reach_the_loss_and_the_history(mirror):
+    ds, _, _ = fixed_batch()
+    cfg = cd.TrainConfig(rank=2, lr=1e-3, batch_size=2, epochs=1, max_steps=1, mixed_precision="no",
+                         lpips_weight=0.0, palette_weight=3.0, flat_weight=2.0)
+    row = cd.train_lora(tiny_model(), ds, cfg, show_progress=False).history[0]     # the loss built from cfg
+    assert row["palette"] > 0 and row["flat"] > 0
+    assert row["loss"] == pytest.approx(row["mse"] + 3.0 * row["palette"] + 2.0 * row["flat"], rel=1e-5)
+    plain = cd.train_lora(tiny_model(), ds, cd.TrainConfig(rank=2, epochs=1, max_steps=1, mixed_precision="no"),
+                          loss_fn=mse_only(), show_progress=False).history[0]
+    assert "palette" not in plain and "flat" not in plain
 
 
 def test_training_on_a_frozen_loaded_adapter_warm_starts_and_unfreezes_only_lora(monkeypatch):

@@ -118,5 +118,6 @@ def test_portrait_report_counts_faces_identity_and_line_work(mirror):
     assert ident["faces found"] == 3 and ident["ID < 0.6"] == 1.0 and ident["ID distance"] < 1e-6
     assert gone["faces found"] == 0 and math.isnan(gone["ID < 0.6"]) and gone["edge density"] == 0.0
     assert df.loc["photos (input)", "edge density"] == ident["edge density"] > 0
+    assert gone["palette size"] == 1 < df.loc["photos (input)", "palette size"] == ident["palette size"]
     assert ident["ID distance"] < faces.SAME_PERSON_THRESHOLD
     assert set(df.attrs["outputs"]) == {"identity", "blank"}

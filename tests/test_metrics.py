@@ -368,6 +368,17 @@ def test_sharpness_and_edge_density_see_lines_and_blur():
     assert 0 < edge_density(x).item() < 0.3 and sharpness(torch.rand(2, 3, 16, 16)).shape == (2,)
 
 
+def descend(start: torch.Tensor, loss, steps: int = 100) -> torch.Tensor:
+    """Adam on the pixels of ``start`` to lower ``loss(pixels).sum()``: where a term pulls an image."""
+    y = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([y], lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(y).sum().backward()
+        opt.step()
+    return y.detach().clamp(0, 1)
+
+
 def test_edge_histogram_distance_is_blind_to_where_lines_sit_and_sees_blur():
     """The ink term's defining property: a line moved elsewhere costs nothing, the same line
     blurred (the average of misaligned targets) costs something, and it pulls a blurred image
@@ -381,16 +392,63 @@ def test_edge_histogram_distance_is_blind_to_where_lines_sit_and_sees_blur():
     assert edge_histogram_distance(moved, x).item() == pytest.approx(0.0, abs=1e-6)
     assert edge_histogram_distance(blurred, x).item() > 0.01
     assert edge_histogram_distance(torch.cat([x, blurred]), torch.cat([x, x])).shape == (2,)
-    y = blurred.clone().requires_grad_(True)
-    opt = torch.optim.Adam([y], lr=0.01)
-    for _ in range(100):
-        opt.zero_grad()
-        edge_histogram_distance(y, x).sum().backward()
-        opt.step()
-    sharpened = y.detach().clamp(0, 1)
+    sharpened = descend(blurred, lambda y: edge_histogram_distance(y, x))
     assert edge_histogram_distance(sharpened, x) < edge_histogram_distance(blurred, x) / 2
     assert edge_density(sharpened) > edge_density(blurred)
     with pytest.raises(ImageError, match="same shape"):
         edge_histogram_distance(x, x[..., :16, :])
     with pytest.raises(ImageError, match="RGB"):
         edge_histogram_distance(x[:, :1], x[:, :1])
+
+
+def test_palette_distance_is_blind_to_where_colours_sit_and_pulls_grain_to_flat_tones():
+    """The palette term's defining property: the same colours rearranged cost nothing; the
+    flat two-tone picture with grain added costs something, and its gradient removes the grain
+    (fewer colours: palette_size falls)."""
+    from comicutils.metrics import ImageError, palette_distance, palette_size
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((1, 3, 32, 32), 0.2)
+    flat[:, 0, :, 16:], flat[:, 2, :, 16:] = 0.9, 0.4         # two flat tones
+    shuffled = flat.flatten(2)[:, :, torch.randperm(32 * 32, generator=g)].reshape(flat.shape)
+    grainy = (flat + 0.08 * torch.randn(flat.shape, generator=g)).clamp(0, 1)
+    assert palette_distance(shuffled, flat).item() == pytest.approx(0.0, abs=1e-7)
+    assert palette_distance(grainy, flat).item() > 0.02
+    assert palette_distance(torch.cat([flat, grainy]), torch.cat([flat, flat])).shape == (2,)
+    assert palette_size(flat).item() == 2 and palette_size(grainy).item() > 20
+    cleaned = descend(grainy, lambda y: palette_distance(y, flat))
+    assert palette_distance(cleaned, flat) < palette_distance(grainy, flat) / 3
+    assert palette_size(cleaned) < palette_size(grainy) / 2
+    with pytest.raises(ImageError, match="same shape"):
+        palette_distance(flat, flat[..., :16, :])
+    with pytest.raises(ImageError, match="RGB"):
+        palette_distance(flat[:, :1], flat[:, :1])
+    with pytest.raises(ImageError, match="3 channels"):
+        palette_size(flat[:, :2])
+    with pytest.raises(ImageError, match="divide by 255"):
+        palette_size(flat * 255)
+    with pytest.raises(ValueError, match="levels"):
+        palette_size(flat, levels=1)
+
+
+def test_flatness_distance_paints_regions_flat_and_keeps_their_boundary():
+    """The flat term's defining property: a picture already painted in flat regions is its own
+    superpixel-flattened copy (distance 0); grain inside the regions costs something, and the
+    term's gradient removes the grain while the boundary between the regions stays sharp."""
+    from comicutils.metrics import ImageError, flatness_distance, palette_size, superpixel_flatten
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((1, 3, 32, 32), 0.2)
+    flat[:, 0, :, 16:], flat[:, 2, :, 16:] = 0.9, 0.4
+    grainy = (flat + 0.03 * torch.randn(flat.shape, generator=g)).clamp(0, 1)
+    assert torch.allclose(superpixel_flatten(flat, segments=8), flat, atol=1e-6)
+    assert flatness_distance(flat, segments=8).item() == pytest.approx(0.0, abs=1e-6)
+    assert flatness_distance(grainy, segments=8).item() > 0.015
+    cleaned = descend(grainy, lambda y: flatness_distance(y, segments=8), steps=60)
+    assert flatness_distance(cleaned, segments=8) < flatness_distance(grainy, segments=8) / 3
+    assert palette_size(cleaned) < palette_size(grainy) / 2
+    assert (cleaned[:, 0, :, 12:14] - cleaned[:, 0, :, 18:20]).abs().mean() > 0.6   # the boundary is still there
+    with pytest.raises(ImageError, match="3 channels"):
+        flatness_distance(flat[:, :2])
+    with pytest.raises(ValueError, match="segments"):
+        superpixel_flatten(flat, segments=0)

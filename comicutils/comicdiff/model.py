@@ -209,18 +209,24 @@ class ComicDiffLoss(nn.Module):
     plus, beyond the report, ``style_weight`` · :func:`relative_gram_distance` on taef2 features
     (blocks 1, 5, 9) between the output and its target comic, and ``edge_weight`` ·
     :func:`comicutils.metrics.edge_histogram_distance`, the output's sorted edge strengths against
-    its comic's (flat areas and ink lines in a comic's proportions, wherever they sit) (0: off).
+    its comic's (flat areas and ink lines in a comic's proportions, wherever they sit),
+    ``palette_weight`` · :func:`comicutils.metrics.palette_distance` (its colours, sorted, against
+    its comic's) and ``flat_weight`` · :func:`comicutils.metrics.flatness_distance` (against its own
+    superpixel-flattened copy) (each 0: off).
 
-    Returns a dict of scalars: ``loss``, ``mse``, ``perceptual`` (and ``style`` / ``edges`` when on).
+    Returns a dict of scalars: ``loss``, ``mse``, ``perceptual`` (and ``style`` / ``edges`` /
+    ``palette`` / ``flat`` when on).
     """
 
     def __init__(self, perceptual: nn.Module | None, lpips_weight: float = 0.8, name: str = "lpips-vgg",
-                 style_weight: float = 0.0, edge_weight: float = 0.0):
+                 style_weight: float = 0.0, edge_weight: float = 0.0, palette_weight: float = 0.0,
+                 flat_weight: float = 0.0):
         super().__init__()
         if lpips_weight and perceptual is None:
             raise ValueError("a perceptual module is needed when lpips_weight > 0")
         self.perceptual, self.lpips_weight, self.name = perceptual, float(lpips_weight), name
         self.style_weight, self.edge_weight = float(style_weight), float(edge_weight)
+        self.palette_weight, self.flat_weight = float(palette_weight), float(flat_weight)
         self.style_features = None
         if self.style_weight:
             from ..taesd import FeatureExtractor
@@ -246,6 +252,18 @@ class ComicDiffLoss(nn.Module):
             edges = edge_histogram_distance(pred.float(), target.float()).mean()
             out["loss"] = out["loss"] + self.edge_weight * edges
             out["edges"] = edges
+        if self.palette_weight:
+            from ..metrics import palette_distance
+
+            palette = palette_distance(pred.float(), target.float()).mean()
+            out["loss"] = out["loss"] + self.palette_weight * palette
+            out["palette"] = palette
+        if self.flat_weight:
+            from ..metrics import flatness_distance
+
+            flat = flatness_distance(pred.float()).mean()
+            out["loss"] = out["loss"] + self.flat_weight * flat
+            out["flat"] = flat
         return out
 
 

@@ -287,6 +287,12 @@ class TrainConfig:
     # beyond the report: the output's sorted edge strengths against its comic's (metrics.edge_histogram_distance):
     # flat areas and ink lines in a comic's proportions, wherever they sit. 0: off.
     edge_weight: float = 0.0
+    # beyond the report: the output's sorted colours against its comic's (metrics.palette_distance): a comic's
+    # few flat tones, wherever they sit. 0: off.
+    palette_weight: float = 0.0
+    # beyond the report: the output against its own superpixel-flattened copy (metrics.flatness_distance, the
+    # "structure" term of white-box cartoonization): flat colour inside regions. 0: off.
+    flat_weight: float = 0.0
     discriminator_ndf: int = 32
     discriminator_lr: float = 2e-4
 
@@ -472,7 +478,8 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     if loss_fn is None:
         perc, name = perceptual_loss(config.perceptual if config.lpips_weight else "taef2", device)
         loss_fn = ComicDiffLoss(perc, config.lpips_weight, name, style_weight=config.style_weight,
-                                edge_weight=config.edge_weight)
+                                edge_weight=config.edge_weight, palette_weight=config.palette_weight,
+                                flat_weight=config.flat_weight)
     loss_fn.to(device)
     if accelerator.mixed_precision in ("fp16", "bf16"):      # frozen weights in half precision,
         half = torch.float16 if accelerator.mixed_precision == "fp16" else torch.bfloat16
@@ -536,7 +543,7 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
             row = {"step": step, "epoch": epoch + 1, "loss": terms["loss"].item(),
                    "mse": terms["mse"].item(), "perceptual": terms["perceptual"].item(),
                    "grad_norm": float(gnorm), "seconds": time.perf_counter() - t0}
-            for k in ("style", "edges"):
+            for k in ("style", "edges", "palette", "flat"):
                 if k in terms:
                     row[k] = terms[k].item()
             if adversary is not None:
