@@ -195,7 +195,7 @@ def check_image_tensor(x: torch.Tensor, what: str = "images", *, tol: float = 1e
     if not x.is_floating_point():
         raise ImageError(f"{what} must be float in [0, 1]; got dtype {x.dtype}")
     if x.numel():
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x.detach().min()), float(x.detach().max())   # a check, not part of any graph
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ImageError(f"{what} contain NaN or inf")
         if lo < -tol or hi > 1 + tol:

@@ -442,12 +442,20 @@ def edge_histogram_distance(images: torch.Tensor, targets: torch.Tensor) -> torc
     every pixel. Blind to where an edge sits, so a target drawn a few pixels off does not pull
     towards blur; a comic's histogram is mostly flat zero with a tail of strong ink lines, and
     matching it asks for both flat shading and lines. Differentiable in ``images``; same shapes."""
+    _same_shape("edge_histogram_distance", images, targets)
+    return _sorted_gap(gradient_magnitude(images).flatten(1), gradient_magnitude(targets).flatten(1))
+
+
+def _same_shape(what: str, images: torch.Tensor, targets: torch.Tensor) -> None:
     if images.shape != targets.shape:
-        raise ImageError(f"edge_histogram_distance: images {tuple(images.shape)} and targets "
-                         f"{tuple(targets.shape)} must have the same shape")
-    a = gradient_magnitude(images).flatten(1).sort(dim=1).values
-    b = gradient_magnitude(targets).flatten(1).sort(dim=1).values
-    return (a - b).abs().mean(dim=1)
+        raise ImageError(f"{what}: images {tuple(images.shape)} and targets {tuple(targets.shape)} "
+                         f"must have the same shape")
+
+
+def _sorted_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean |a_(k) - b_(k)| over the last dimension, each sorted: the 1-D Wasserstein distance
+    between two equally long lists of values, blind to their order (the ink and palette terms)."""
+    return (a.sort(dim=-1).values - b.sort(dim=-1).values).abs().mean(dim=-1)
 
 
 # fixed colour directions for palette_distance: the three channels, grey, and two opponent axes
@@ -462,15 +470,12 @@ def palette_distance(images: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     projection sorted, and the mean gap between the k-th values taken (a sliced 1-D Wasserstein
     distance). Blind to where a colour sits; a comic's few flat tones make its sorted values run
     in long steps, so matching them asks for fewer, flatter tones. Differentiable; same shapes."""
-    if images.shape != targets.shape:
-        raise ImageError(f"palette_distance: images {tuple(images.shape)} and targets "
-                         f"{tuple(targets.shape)} must have the same shape")
+    _same_shape("palette_distance", images, targets)
     if images.dim() != 4 or images.shape[1] != 3:
         raise ImageError(f"palette_distance: expected RGB images (N, 3, H, W); got {tuple(images.shape)}")
     axes = _PALETTE_AXES.to(images.device)
-    a = torch.einsum("nchw,kc->nkhw", images.float(), axes).flatten(2).sort(dim=2).values
-    b = torch.einsum("nchw,kc->nkhw", targets.float(), axes).flatten(2).sort(dim=2).values
-    return (a - b).abs().mean(dim=(1, 2))
+    a, b = (torch.einsum("nchw,kc->nkhw", x.float(), axes).flatten(2) for x in (images, targets))
+    return _sorted_gap(a, b).mean(dim=1)
 
 
 def palette_size(images: torch.Tensor, levels: int = 16, share: float = 0.9) -> torch.Tensor:
@@ -513,9 +518,7 @@ def flatness_distance(images: torch.Tensor, segments: int = 200) -> torch.Tensor
     """How far each image is from its own flat-painted version (N,): mean |x - flatten(x)| with
     :func:`superpixel_flatten` held fixed, so its gradient pulls every pixel towards its
     superpixel's mean colour: texture, grain and stray strands go, region boundaries stay."""
-    _as_batch(images.detach(), "flatness_distance")                 # checks only: gradients flow through images
-    x = images if images.ndim == 4 else images.unsqueeze(0)
-    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    x = _as_batch(images, "flatness_distance")
     return (x - superpixel_flatten(x.detach(), segments)).abs().mean(dim=(1, 2, 3))
 
 

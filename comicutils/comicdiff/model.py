@@ -246,24 +246,15 @@ class ComicDiffLoss(nn.Module):
             style = relative_gram_distance(self.style_features(pred.float()), self.style_features(target.float())).mean()
             out["loss"] = out["loss"] + self.style_weight * style
             out["style"] = style
-        if self.edge_weight:
-            from ..metrics import edge_histogram_distance
+        from ..metrics import edge_histogram_distance, flatness_distance, palette_distance
 
-            edges = edge_histogram_distance(pred.float(), target.float()).mean()
-            out["loss"] = out["loss"] + self.edge_weight * edges
-            out["edges"] = edges
-        if self.palette_weight:
-            from ..metrics import palette_distance
-
-            palette = palette_distance(pred.float(), target.float()).mean()
-            out["loss"] = out["loss"] + self.palette_weight * palette
-            out["palette"] = palette
-        if self.flat_weight:
-            from ..metrics import flatness_distance
-
-            flat = flatness_distance(pred.float()).mean()
-            out["loss"] = out["loss"] + self.flat_weight * flat
-            out["flat"] = flat
+        p, t = pred.float(), target.float()
+        for key, weight, term in (("edges", self.edge_weight, lambda: edge_histogram_distance(p, t)),
+                                  ("palette", self.palette_weight, lambda: palette_distance(p, t)),
+                                  ("flat", self.flat_weight, lambda: flatness_distance(p))):
+            if weight:                                  # each position-blind term, when on
+                out[key] = term().mean()
+                out["loss"] = out["loss"] + weight * out[key]
         return out
 
 
