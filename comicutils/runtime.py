@@ -11,7 +11,9 @@ and from nowhere else:
   visible banner says so.
 * ``full`` – the seeds' settings. A missing weight is an error that says how to get it.
 
-The mode comes from the environment variable ``COMICUTILS_MODE``.
+The mode comes from the environment variable ``COMICUTILS_MODE``. In auto mode the **device
+tier** (:func:`device_tier`: the CPU, a GPU of about 16 GB such as Colab's T4, or one of 40 GB
+and more) picks the settings: ``by_mode(smoke=..., auto=..., gpu16=..., gpu40=..., full=...)``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ DEVICE_ENV = "COMICUTILS_DEVICE"
 FIGURES_ENV = "COMICUTILS_FIGURES"
 RUNS_ENV = "COMICUTILS_RUNS"
 PROGRESS_ENV = "COMICUTILS_PROGRESS"
+TIER_ENV = "COMICUTILS_TIER"              # tests only: rehearse a GPU tier's settings on the CPU
+TIERS = ("cpu", "gpu16", "gpu40")
 INSTALLED_RUNS = "comicutils-runs"        # under the working folder, for an installed package
 INSTALLED_FIGURES = "comicutils-figures"
 
@@ -61,20 +65,94 @@ def get_mode() -> str:
     return raw
 
 
-def by_mode(smoke: T, auto: T, full: T | None = None, *, mode: str | None = None) -> T:
-    """Pick a value by run mode: ``by_mode(smoke=2, auto=200, full=5000)``.
+def by_mode(smoke: T, auto: T, full: T | None = None, *, gpu16: T | None = None, gpu40: T | None = None,
+            mode: str | None = None, tier: str | None = None) -> T:
+    """Pick a value by run mode and, in auto mode, by device tier.
 
-    ``full`` defaults to ``auto`` when omitted. Used by every notebook's parameters cell so
-    one place shows every knob and how the mode scales it.
+    ``by_mode(smoke=2, auto=200, gpu16=1000, gpu40=2000, full=5000)``: ``auto`` is the CPU's
+    value; on a GPU tier its own value, where given (``gpu40`` falls back to ``gpu16``, and both
+    to ``auto``). ``full`` defaults to the largest value given for auto. Every notebook's
+    parameters cell uses it, so one place shows every knob and how mode and tier scale it.
     """
     mode = mode or get_mode()
     if mode not in MODES:
         raise ModeError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
     if mode == "smoke":
         return smoke
-    if mode == "full" and full is not None:
-        return full
-    return auto
+    if mode == "full":
+        return next(v for v in (full, gpu40, gpu16, auto) if v is not None)
+    if gpu16 is None and gpu40 is None:
+        return auto
+    tier = tier or device_tier().name
+    if tier not in TIERS:
+        raise ValueError(f"unknown device tier {tier!r}; use one of {', '.join(TIERS)}.")
+    chain = {"cpu": (auto,), "gpu16": (gpu16, auto), "gpu40": (gpu40, gpu16, auto)}[tier]
+    return next(v for v in chain if v is not None)
+
+
+@dataclass(frozen=True)
+class DeviceTier:
+    """What the device can take: the settings tier, its memory budget and its precision.
+
+    ``name``: ``"cpu"``, ``"gpu16"`` (a GPU of 12-38 GiB: Colab's 15 GiB T4, an L4, a 24 GB
+    card) or ``"gpu40"`` (38 GiB and more: A100, H100). ``budget_gib``: what one training step
+    may use (the card's memory less headroom for the CUDA context and fragmentation; on the CPU
+    the RAM budget the course keeps to). ``dtype``: the autocast dtype of training, ``float16``
+    with a grad scaler below compute capability 8.0 (T4: 7.5; bf16 is only emulated there),
+    ``bfloat16`` from 8.0, ``float32`` on the CPU. ``rehearsal``: the tier was set by
+    ``COMICUTILS_TIER`` (tests) on a machine that lacks it; its settings run on the CPU.
+    """
+
+    name: str
+    device: str
+    budget_gib: float
+    dtype: str
+    grad_scaler: bool
+    gpu: str = "-"
+    rehearsal: bool = False
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name != "cpu"
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+TIER_BUDGET_GIB = {"cpu": 8.0, "gpu16": 13.0, "gpu40": 36.0}
+"""Memory one training step may use per tier: a T4 has 15.0 GiB usable, an A100 40 or 80 GiB."""
+FULL_BUDGET_GIB = 72.0
+"""Full mode's budget: an 80 GB card (A100-80GB, H100) less headroom."""
+
+
+def device_tier() -> DeviceTier:
+    """The device tier auto mode scales to (see :class:`DeviceTier`).
+
+    ``COMICUTILS_TIER=gpu16|gpu40|cpu`` forces a tier: for tests that rehearse a GPU tier's code
+    path on the CPU (``rehearsal=True``, float32 compute, the tier's sizes and batches) and for a
+    learner who wants the CPU settings on a GPU. A GPU below 12 GiB gets the CPU tier's sizes.
+    """
+    import torch
+
+    forced = os.environ.get(TIER_ENV, "").strip().lower()
+    if forced and forced not in TIERS:
+        raise ValueError(f"{TIER_ENV}={os.environ[TIER_ENV]!r} is not a device tier; use one of {', '.join(TIERS)}.")
+    dev = get_device()
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        total = props.total_memory / 2**30
+        cc = (props.major, props.minor)
+        dtype, scaler = ("bfloat16", False) if cc >= (8, 0) else ("float16", True)
+        found = "gpu40" if total >= 38 else "gpu16" if total >= 12 else "cpu"
+        name = forced or found
+        budget = min(TIER_BUDGET_GIB[name], total - 1.5) if name != "cpu" else TIER_BUDGET_GIB["cpu"]
+        return DeviceTier(name, str(dev), budget, dtype if name != "cpu" else "float32", scaler and name != "cpu",
+                          gpu=f"{props.name} ({total:.0f} GiB, compute capability {cc[0]}.{cc[1]})",
+                          rehearsal=bool(forced) and forced != found)
+    name = forced or "cpu"
+    return DeviceTier(name, str(dev), TIER_BUDGET_GIB[name], "float32", False, rehearsal=name != "cpu")
 
 
 def is_smoke() -> bool:
@@ -410,6 +488,8 @@ def environment_report() -> dict[str, str]:
         "mode": get_mode(),
         "device": str(dev),
         "gpu": gpu,
+        "device tier": (lambda t: f"{t.name} ({t.budget_gib:g} GiB per training step, {t.dtype}"
+                        f"{' + grad scaler' if t.grad_scaler else ''}{', rehearsed on the CPU' if t.rehearsal else ''})")(device_tier()),
         "cpu threads": str(torch.get_num_threads()),
         "asset cache": str(cache_dir()),
         MIRROR_ENV: os.pathsep.join(str(p) for p in mirror_dirs()) or "(not set)",

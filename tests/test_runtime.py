@@ -221,3 +221,48 @@ def test_notice_banner_is_not_a_substitute(capsys, monkeypatch):
     assert "SUBSTITUTE" not in out and runtime.substitutes_in_use() == []
     html = note._repr_html_()
     assert "Substitute" not in html and "#d9480f" not in html and "Looked in x." in html
+
+
+def test_by_mode_scales_auto_by_device_tier(monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    knobs = dict(smoke=1, auto=2, gpu16=3, gpu40=4, full=5)
+    assert [runtime.by_mode(**knobs, tier=t) for t in runtime.TIERS] == [2, 3, 4]
+    assert runtime.by_mode(smoke=1, auto=2, gpu16=3, tier="gpu40") == 3     # gpu40 falls back to gpu16
+    assert runtime.by_mode(smoke=1, auto=2, full=9, tier="gpu16") == 2      # then to auto
+    monkeypatch.setenv("COMICUTILS_MODE", "full")
+    assert runtime.by_mode(smoke=1, auto=2, gpu16=3, gpu40=4) == 4          # full without its own value: the largest tier's
+    with pytest.raises(ValueError, match="gpu16"):
+        runtime.by_mode(smoke=1, auto=2, gpu16=3, mode="auto", tier="tpu")
+
+
+def test_device_tier_on_the_cpu_and_its_test_override(monkeypatch):
+    monkeypatch.delenv("COMICUTILS_TIER", raising=False)
+    monkeypatch.setenv("COMICUTILS_DEVICE", "cpu")
+    tier = runtime.device_tier()
+    assert (tier.name, tier.dtype, tier.grad_scaler, tier.rehearsal, tier.is_gpu) == ("cpu", "float32", False, False, False)
+    monkeypatch.setenv("COMICUTILS_TIER", "gpu16")
+    tier = runtime.device_tier()
+    assert (tier.name, tier.device, tier.rehearsal, tier.budget_gib) == ("gpu16", "cpu", True, runtime.TIER_BUDGET_GIB["gpu16"])
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    assert runtime.by_mode(smoke=1, auto=2, gpu16=3) == 3                  # the rehearsal takes the tier's settings
+    assert "gpu16" in runtime.environment_report()["device tier"]
+    monkeypatch.setenv("COMICUTILS_TIER", "t4")
+    with pytest.raises(ValueError, match="COMICUTILS_TIER"):
+        runtime.device_tier()
+
+
+def test_device_tier_reads_the_card(monkeypatch):
+    """A T4 (15 GiB, compute capability 7.5) gets gpu16 with fp16 and a grad scaler; an A100 gpu40 with bf16."""
+    import types
+
+    monkeypatch.delenv("COMICUTILS_TIER", raising=False)
+    monkeypatch.setattr(runtime, "get_device", lambda prefer=None: torch.device("cuda", 0))
+    for name, gib, cc, want in [("Tesla T4", 15.0, (7, 5), ("gpu16", "float16", True)),
+                                ("NVIDIA A100-SXM4-40GB", 39.4, (8, 0), ("gpu40", "bfloat16", False)),
+                                ("NVIDIA L4", 22.0, (8, 9), ("gpu16", "bfloat16", False)),
+                                ("GeForce GTX 1060", 6.0, (6, 1), ("cpu", "float32", False))]:
+        props = types.SimpleNamespace(name=name, total_memory=int(gib * 2**30), major=cc[0], minor=cc[1])
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev, p=props: p)
+        tier = runtime.device_tier()
+        assert (tier.name, tier.dtype, tier.grad_scaler) == want, name
+        assert tier.budget_gib <= gib - 1.5 or tier.name == "cpu", name
