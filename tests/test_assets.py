@@ -2,14 +2,12 @@ import hashlib
 import io
 import os
 import urllib.error
-from pathlib import Path
 
 import pytest
 
 from comicutils import assets
 from comicutils.cli import main as cli_main
 
-SOURCES = Path(__file__).resolve().parents[2] / "shared" / "assets" / "SOURCES.md"
 
 
 def _fake_asset(monkeypatch, data: bytes, *, sha=None, name="fake-asset", size=None):
@@ -45,10 +43,10 @@ def _cache_files():
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-def test_registry_holds_every_mirrored_file_of_sources_md():
-    if not SOURCES.is_file():
-        pytest.skip("shared/assets/SOURCES.md not beside the checkout")
-    text = SOURCES.read_text()
+def test_registry_holds_every_mirrored_file_of_sources_md(mirror):
+    sources = mirror / "SOURCES.md"              # the mirror (COMICUTILS_MIRROR) documents what it holds
+    assert sources.is_file(), f"{sources} is missing"
+    text = sources.read_text()
     mirrored = assets.list_assets(mirrored=True)
     assert len(mirrored) == 94          # 2 grids, 2 taef2 files, 30 + 60 portraits
     for a in mirrored:
