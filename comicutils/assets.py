@@ -259,6 +259,14 @@ def _build_registry() -> dict[str, Asset]:
             "CC0 1.0 (cjdowner/interfaces, Pexels photos); do not show the people in a bad light",
             f"256x256 real portrait photo {fname}", f"interfaces/256-extra/{fname}", "portraits-extra",
             mirrored=True))
+    # Fetched only where OpenCV ships no cascade (OpenCV 5): OpenCV 4 wheels carry this very file.
+    items.append(_asset(
+        "haar-frontalface",
+        "https://raw.githubusercontent.com/opencv/opencv/4.10.0/data/haarcascades/haarcascade_frontalface_default.xml",
+        "0f7d4527844eb514d4a4948e822da90fbb16a34a0bbbbc6adc6498747a5aafb0", 930127,
+        "Intel License Agreement for OpenCV (BSD-style; notice kept in the file)",
+        "OpenCV's stump-based 24x24 frontal face Haar cascade (Lienhart), the Human-to-Anime report's detector",
+        "opencv/haarcascade_frontalface_default.xml", "opencv"))
     items += _full_mode_assets()
     registry = {}
     for a in items:

@@ -45,6 +45,7 @@ class StepMemory:
     optimizer: int
     activations: int
     trainable: int = 0                    # number of trainable parameters
+    flops: float = 0.0                    # floating-point operations of the step (forward, backward, recomputation)
     segments: dict[str, int] = field(default_factory=dict)   # inner activations per checkpointed segment
 
     @property
@@ -114,8 +115,11 @@ class _FusedAttention(torch.autograd.Function):
     it saves what those kernels save (q, k, v, the output and one float32 log-sum-exp per query),
     not the (L x L) attention matrix that the math fallback of the meta device would keep."""
 
+    flops = 0.0                           # counted here: the dispatch-level counter cannot see inside
+
     @staticmethod
     def forward(ctx, q, k, v):
+        _FusedAttention.flops += 4.0 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1] * 3.5   # fwd 1 + bwd 2.5
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -183,11 +187,15 @@ def estimate_training_step(build: Callable[[], nn.Module], inputs: Callable[[], 
                 counter.owner = None
 
         handles += [seg.register_forward_pre_hook(enter), seg.register_forward_hook(leave)]
+    from torch.utils.flop_counter import FlopCounterMode
+
     sdpa = torch.nn.functional.scaled_dot_product_attention
     if fused_attention:
         torch.nn.functional.scaled_dot_product_attention = _fused_sdpa
+    _FusedAttention.flops = 0.0
+    flop_counter = FlopCounterMode(display=False)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack), flop_counter:
             loss = step(model, *batch) if step else _default_loss(model(*batch))
             saved = counter.current
             loss.backward()
@@ -195,13 +203,15 @@ def estimate_training_step(build: Callable[[], nn.Module], inputs: Callable[[], 
         torch.nn.functional.scaled_dot_product_attention = sdpa
         for h in handles:
             h.remove()
+    flops = float(flop_counter.get_total_flops()) + _FusedAttention.flops
     if counter.by_owner:
         inner = sum(counter.by_owner.values())
         activations = saved - inner + sum(inputs_bytes.values()) + max(counter.by_owner.values())
     else:
         activations = counter.peak
     return StepMemory(params=params, grads=4 * n_train, optimizer=4 * optimizer_states * n_train,
-                      activations=activations, trainable=n_train, segments=dict(counter.by_owner))
+                      activations=activations, trainable=n_train, segments=dict(counter.by_owner),
+                      flops=flops * (1.3 if counter.by_owner else 1.0))   # checkpointing reruns the forward (~1/3 of a step)
 
 
 CHECKPOINTED_BLOCKS = frozenset({"ResnetBlock2D", "Transformer2DModel", "UNetMidBlock2D", "UpDecoderBlock2D"})
@@ -213,6 +223,19 @@ def diffusers_segments(model: nn.Module) -> list[nn.Module]:
     """The modules of ``model`` that diffusers' gradient checkpointing wraps: pass as ``segments``
     (build the model *without* enabling checkpointing, so the estimate can see inside them)."""
     return [m for m in model.modules() if type(m).__name__ in CHECKPOINTED_BLOCKS]
+
+
+PEAK_TFLOPS = {"T4": 65.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
+"""Dense fp16/bf16 tensor-core peaks from NVIDIA's datasheets (T4 65, A100 312, H100 SXM 989 TFLOPS)."""
+UTILIZATION = 0.3
+"""Assumed share of that peak a diffusers training step reaches: an assumption, checked only where the
+docs' tier table says a card measured it."""
+
+
+def step_seconds(est: StepMemory, gpu_name: str) -> float | None:
+    """Estimated seconds per step on the named card: ``flops / (peak x UTILIZATION)``; None if unknown."""
+    peak = next((PEAK_TFLOPS[k] for k in sorted(PEAK_TFLOPS, key=len, reverse=True) if k in gpu_name.upper()), None)
+    return None if peak is None or not est.flops else est.flops / (peak * 1e12 * UTILIZATION)
 
 
 def _default_loss(out) -> torch.Tensor:

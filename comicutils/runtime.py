@@ -65,14 +65,18 @@ def get_mode() -> str:
     return raw
 
 
-def by_mode(smoke: T, auto: T, full: T | None = None, *, gpu16: T | None = None, gpu40: T | None = None,
+_UNSET: Any = object()
+
+
+def by_mode(smoke: T, auto: T, full: T | None = None, *, gpu16: T = _UNSET, gpu40: T = _UNSET,
             mode: str | None = None, tier: str | None = None) -> T:
     """Pick a value by run mode and, in auto mode, by device tier.
 
     ``by_mode(smoke=2, auto=200, gpu16=1000, gpu40=2000, full=5000)``: ``auto`` is the CPU's
     value; on a GPU tier its own value, where given (``gpu40`` falls back to ``gpu16``, and both
-    to ``auto``). ``full`` defaults to the largest value given for auto. Every notebook's
-    parameters cell uses it, so one place shows every knob and how mode and tier scale it.
+    to ``auto``; ``None`` is a value, e.g. "no step limit"). ``full`` (omitted or ``None``) falls
+    back to the largest tier's value given. Every notebook's parameters cell uses it, so one place
+    shows every knob and how mode and tier scale it.
     """
     mode = mode or get_mode()
     if mode not in MODES:
@@ -80,14 +84,14 @@ def by_mode(smoke: T, auto: T, full: T | None = None, *, gpu16: T | None = None,
     if mode == "smoke":
         return smoke
     if mode == "full":
-        return next(v for v in (full, gpu40, gpu16, auto) if v is not None)
-    if gpu16 is None and gpu40 is None:
+        return full if full is not None else next((v for v in (gpu40, gpu16) if v is not _UNSET), auto)
+    if gpu16 is _UNSET and gpu40 is _UNSET:
         return auto
     tier = tier or device_tier().name
     if tier not in TIERS:
         raise ValueError(f"unknown device tier {tier!r}; use one of {', '.join(TIERS)}.")
     chain = {"cpu": (auto,), "gpu16": (gpu16, auto), "gpu40": (gpu40, gpu16, auto)}[tier]
-    return next(v for v in chain if v is not None)
+    return next(v for v in chain if v is not _UNSET)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,9 @@ class DeviceTier:
     the RAM budget the course keeps to). ``dtype``: the autocast dtype of training, ``float16``
     with a grad scaler below compute capability 8.0 (T4: 7.5; bf16 is only emulated there),
     ``bfloat16`` from 8.0, ``float32`` on the CPU. ``rehearsal``: the tier was set by
-    ``COMICUTILS_TIER`` (tests) on a machine that lacks it; its settings run on the CPU.
+    ``COMICUTILS_TIER`` (tests) on a machine that lacks it; its settings run on the CPU in
+    float32 (:attr:`compute_dtype`) while ``dtype`` stays the tier's (a T4's fp16, an A100's bf16),
+    so memory and time are estimated as on that card.
     """
 
     name: str
@@ -114,6 +120,11 @@ class DeviceTier:
     @property
     def is_gpu(self) -> bool:
         return self.name != "cpu"
+
+    @property
+    def compute_dtype(self) -> str:
+        """What training autocasts to here: the tier's dtype, float32 when rehearsed on the CPU."""
+        return "float32" if self.rehearsal else self.dtype
 
     def torch_dtype(self):
         import torch
@@ -152,7 +163,9 @@ def device_tier() -> DeviceTier:
                           gpu=f"{props.name} ({total:.0f} GiB, compute capability {cc[0]}.{cc[1]})",
                           rehearsal=bool(forced) and forced != found)
     name = forced or "cpu"
-    return DeviceTier(name, str(dev), TIER_BUDGET_GIB[name], "float32", False, rehearsal=name != "cpu")
+    dtype, scaler, card = {"cpu": ("float32", False, "-"), "gpu16": ("float16", True, "Tesla T4 (rehearsed)"),
+                           "gpu40": ("bfloat16", False, "NVIDIA A100 (rehearsed)")}[name]
+    return DeviceTier(name, str(dev), TIER_BUDGET_GIB[name], dtype, scaler, gpu=card, rehearsal=name != "cpu")
 
 
 def is_smoke() -> bool:

@@ -55,17 +55,17 @@ import torch
 from torch import nn
 
 from . import assets
+from .comicdiff.components import SD21_MARKER, hf_repo_dir, sd21_snapshot_dir
 from .runtime import atomic_path
 
 __all__ = ["ASSETS", "CHECKSUM_NAME", "MANIFEST_NAME", "HF_DIR", "SD21_MARKER", "STYLEGAN_CONFIG",
            "SD21_UNET_CONFIG", "SD21_VAE_CONFIG", "SD21_TEXT_CONFIG", "StandIns", "write_standins",
            "environment", "export_lines", "sd21_snapshot_dir", "hf_repo_dir"]
 
-FORMAT = 1
+FORMAT = 2  # bumped when the files change (2: SD 2.1 fp16 variants beside the fp32 files)
 CHECKSUM_NAME = "standins.sha256"
 MANIFEST_NAME = "standins.json"
 HF_DIR = "huggingface"
-SD21_MARKER = "comicutils-standin.json"
 
 STYLEGAN_CONFIG = {"size": 32, "style_dim": 64, "n_mlp": 8, "channels": {4: 64, 8: 64, 16: 32, 32: 16}}
 """The StyleGAN2 stand-in: FFHQ's structure (8 mapping layers, rosinality names) at 32 px."""
@@ -178,23 +178,6 @@ ASSETS = tuple(BUILDERS)
 
 
 # --------------------------------------------------------------------------- Stable Diffusion 2.1
-def hf_repo_dir(hub_cache: str | os.PathLike, model_id: str | None = None) -> Path:
-    """``<hub cache>/models--<org>--<name>``: where huggingface_hub caches a model repository."""
-    from .comicdiff.components import SD21_MODEL_ID
-
-    return Path(hub_cache) / ("models--" + (model_id or SD21_MODEL_ID).replace("/", "--"))
-
-
-def sd21_snapshot_dir(hub_cache: str | os.PathLike, model_id: str | None = None,
-                      revision: str | None = None) -> Path:
-    """The snapshot folder of ``model_id`` at ``revision`` (default: the one ``refs/main`` names)."""
-    repo = hf_repo_dir(hub_cache, model_id)
-    if revision is None:
-        ref = repo / "refs" / "main"
-        revision = ref.read_text().strip() if ref.is_file() else "main"
-    return repo / "snapshots" / revision
-
-
 def _bytes_to_unicode() -> list[str]:
     """CLIP's byte-level alphabet: printable bytes map to themselves, the rest to code points 256+."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -250,9 +233,10 @@ def _write_sd21(snapshot: Path, seed: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            unet.save_pretrained(snapshot / "unet", safe_serialization=True)
-            vae.save_pretrained(snapshot / "vae", safe_serialization=True)
-            text_encoder.save_pretrained(snapshot / "text_encoder", safe_serialization=True)
+            for model, sub in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
+                model.save_pretrained(snapshot / sub, safe_serialization=True)
+                # the fp16 files the course loads (the real repository has both)
+                model.half().save_pretrained(snapshot / sub, safe_serialization=True, variant="fp16")
             scheduler.save_pretrained(snapshot / "scheduler")
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -84,3 +84,12 @@ def test_nothing_is_allocated_and_sdpa_is_restored():
     sdpa = torch.nn.functional.scaled_dot_product_attention
     memory.estimate_training_step(lambda: nn.Linear(10_000, 10_000), lambda: [torch.randn(10_000, 10_000)])  # 400 MB if real
     assert torch.nn.functional.scaled_dot_product_attention is sdpa
+
+
+def test_flops_are_counted_and_turned_into_seconds_on_known_cards():
+    est = memory.estimate_training_step(mlp, lambda: [torch.randn(N, D)])
+    # forward 2·N·D·D per Linear, backward about twice that (the first layer needs no input gradient)
+    assert 4 * L * N * D * D <= est.flops <= 6 * L * N * D * D
+    t4, a100 = memory.step_seconds(est, "Tesla T4"), memory.step_seconds(est, "NVIDIA A100-SXM4-40GB")
+    assert t4 == pytest.approx(est.flops / (65e12 * memory.UTILIZATION)) and a100 == pytest.approx(t4 * 65 / 312)
+    assert memory.step_seconds(est, "a CPU") is None

@@ -243,6 +243,7 @@ def test_device_tier_on_the_cpu_and_its_test_override(monkeypatch):
     monkeypatch.setenv("COMICUTILS_TIER", "gpu16")
     tier = runtime.device_tier()
     assert (tier.name, tier.device, tier.rehearsal, tier.budget_gib) == ("gpu16", "cpu", True, runtime.TIER_BUDGET_GIB["gpu16"])
+    assert (tier.dtype, tier.compute_dtype, tier.grad_scaler) == ("float16", "float32", True)   # estimated as a T4, run in fp32
     monkeypatch.setenv("COMICUTILS_MODE", "auto")
     assert runtime.by_mode(smoke=1, auto=2, gpu16=3) == 3                  # the rehearsal takes the tier's settings
     assert "gpu16" in runtime.environment_report()["device tier"]
@@ -266,3 +267,10 @@ def test_device_tier_reads_the_card(monkeypatch):
         tier = runtime.device_tier()
         assert (tier.name, tier.dtype, tier.grad_scaler) == want, name
         assert tier.budget_gib <= gib - 1.5 or tier.name == "cpu", name
+
+
+def test_none_is_a_tier_value_and_full_none_means_not_given(monkeypatch):
+    monkeypatch.setenv("COMICUTILS_MODE", "auto")
+    assert runtime.by_mode(smoke=3, auto=None, gpu16=400, tier="cpu") is None        # "no step limit" on the CPU
+    assert runtime.by_mode(smoke=3, auto=1, gpu16=None, tier="gpu40") is None
+    assert runtime.by_mode(smoke=3, auto=1, full=None, mode="full") == 1

@@ -12,7 +12,8 @@ photo -> comic translation, ẑ_y = z_x + α · U(z_x, t=1, c), ŷ = D(ẑ_y).
 from .components import (DEFAULT_PROMPT, OFFLINE_SCHEDULER_CONFIG, SD21_MODEL_ID, SD21_REVISION,
                          SD21_SCHEDULER_CONFIG, SD21_UNET_CONFIG, SMALL_UNET_CONFIG, Components, SD21Unavailable,
                          SDVAECodec, TaefCodec, base_provenance, build_unet, fixed_prompt_embedding, hf_hub_cache, load_components,
-                         load_denoiser, load_sd21, offline_components, save_denoiser, unet_fingerprint)
+                         load_denoiser, load_sd21, offline_components, save_denoiser, sd21_download_command,
+                         training_memory, training_plan, unet_fingerprint)
 from .lora import (ATTENTION, FEED_FORWARD, add_lora, count_trainable, expected_lora_parameters,
                    load_adapter, lora_config, lora_parameters, merge, read_adapter_info, save_adapter, unmerge)
 from .model import (DEFAULT_TIMESTEP, ComicDiff, ComicDiffLoss, PerceptualDistance, img2img, load_translator,

