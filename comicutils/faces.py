@@ -16,12 +16,12 @@ Conventions (the course's, see :mod:`comicutils.images`):
 * "No face" is a result, not a crash: detectors return an empty list, and functions that need
   a face raise :class:`NoFaceFound` (a ``LookupError``) saying which image had none.
 
-Models: OpenCV's Haar cascade ``haarcascade_frontalface_default.xml`` (ships with
-opencv-python), and from the ``face_recognition_models`` package dlib's 5-point shape predictor
-and face-recognition ResNet and the CNN face detector (MMOD), all released by dlib's author
-into the public domain. dlib's HOG frontal detector is built into dlib; where it finds no face
-(a turned or tilted head) detection falls back to the slower MMOD detector. Models load on
-first use and are cached. The
+Models: OpenCV's Haar cascade ``haarcascade_frontalface_default.xml`` (in OpenCV 4 wheels, else
+fetched through the registry; run by OpenCV 4 or, on OpenCV 5, by :mod:`comicutils.haar`), and
+from the ``face_recognition_models`` package dlib's 5-point shape predictor and face-recognition
+ResNet and the CNN face detector (MMOD), all released by dlib's author into the public domain.
+dlib's HOG frontal detector is built into dlib; where it finds no face (a turned or tilted head)
+detection falls back to the slower MMOD detector. Models load on first use and are cached. The
 68-point predictor in the same package is *not* used (its training data is non-commercial).
 """
 from __future__ import annotations
@@ -123,23 +123,42 @@ def _largest_first(boxes: list[Box]) -> list[Box]:
 
 
 # --------------------------------------------------------------------------- models
+HAAR_FILE = "haarcascade_frontalface_default.xml"
+
+
+def _opencv_haar_file() -> Path | None:
+    """The cascade as an OpenCV 4 wheel ships it in ``cv2/data/`` (OpenCV 5 ships none)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    data = getattr(cv2, "data", None)
+    folder = Path(data.__file__).parent if getattr(data, "__file__", None) else None
+    return folder / HAAR_FILE if folder is not None and (folder / HAAR_FILE).is_file() else None
+
+
 def model_paths() -> dict[str, Path]:
-    """Where the model files are: ``{"haar_frontalface", "shape_predictor_5", "face_recognition"}``.
+    """Where the model files are: ``{"haar_frontalface", "shape_predictor_5", "face_recognition", ...}``.
 
     Paths are returned whether or not the files exist; loading a missing one raises
     :class:`FaceModelMissing`. Raises it here already if ``face_recognition_models`` is not
-    installed at all.
+    installed at all. The Haar cascade is OpenCV's own copy where an OpenCV 4 wheel ships one,
+    else the registry's (``haar-frontalface``: the same file from OpenCV's repository, fetched
+    on first use and checked against its sha256).
     """
-    import cv2
-
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise FaceModelMissing("the dlib model files are missing: "
                                "pip install face_recognition_models")
     # Located, not imported: its __init__ needs pkg_resources, which may be absent.
     models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    haar = _opencv_haar_file()
+    if haar is None:
+        from . import assets
+
+        haar = assets.cached_path("haar-frontalface")
     return {
-        "haar_frontalface": Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml",
+        "haar_frontalface": haar,
         "shape_predictor_5": models / "shape_predictor_5_face_landmarks.dat",
         "face_recognition": models / "dlib_face_recognition_resnet_model_v1.dat",
         "mmod_face_detector": models / "mmod_human_face_detector.dat",
@@ -148,49 +167,84 @@ def model_paths() -> dict[str, Path]:
 
 def _model_file(name: str) -> str:
     path = model_paths()[name]
+    if name.startswith("haar") and not path.is_file():
+        from . import assets
+
+        try:
+            return str(assets.fetch("haar-frontalface"))
+        except AssetUnavailable as err:
+            raise FaceModelMissing(f"the Haar cascade {HAAR_FILE} is neither in this OpenCV (OpenCV 5 ships none) "
+                                   f"nor fetchable: {err}") from None
     if not path.is_file():
-        how = ("reinstall opencv-python-headless" if name.startswith("haar")
-               else "pip install face_recognition_models")
-        raise FaceModelMissing(f"face model {name!r} not found at {path}; {how}")
+        raise FaceModelMissing(f"face model {name!r} not found at {path}; pip install face_recognition_models")
     return str(path)
 
 
-@functools.lru_cache(maxsize=None)
-def _haar():
-    import cv2
+def haar_backend() -> str:
+    """``"opencv"`` where ``cv2.CascadeClassifier`` exists (OpenCV 4), else ``"numpy"``.
 
-    cascade = cv2.CascadeClassifier(_model_file("haar_frontalface"))
-    if cascade.empty():
-        path = model_paths()["haar_frontalface"]
-        raise FaceModelMissing(f"OpenCV could not read the Haar cascade {path}")
-    return cascade
+    OpenCV 5 removed the cascade classifier; :mod:`comicutils.haar` then runs the same model
+    file with the same algorithm in NumPy, so the Human-to-Anime report's face crops do not
+    depend on which OpenCV a learner has (Colab's image carries OpenCV 5.0 and contrib 4.14).
+    """
+    try:
+        import cv2
+    except ImportError:
+        return "numpy"
+    return "opencv" if hasattr(cv2, "CascadeClassifier") else "numpy"
+
+
+@functools.lru_cache(maxsize=None)
+def _haar(backend: str):
+    """A function (grey uint8 (H, W), scale_factor, min_neighbors, min_size) -> (N, 4) x, y, w, h."""
+    path = _model_file("haar_frontalface")
+    if backend == "opencv":
+        import cv2
+
+        cascade = cv2.CascadeClassifier(path)
+        if cascade.empty():
+            raise FaceModelMissing(f"OpenCV could not read the Haar cascade {path}")
+        return lambda gray, sf, mn, ms: cascade.detectMultiScale(gray, scaleFactor=sf, minNeighbors=mn, minSize=(ms, ms))
+    from . import haar
+
+    try:
+        model = haar.load_cascade(path)
+    except haar.CascadeError as err:
+        raise FaceModelMissing(str(err)) from None
+    print(f"Haar cascade: this OpenCV has no CascadeClassifier, so comicutils.haar runs {HAAR_FILE} in NumPy "
+          "(the same model and algorithm).")
+    return lambda gray, sf, mn, ms: haar.detect_multiscale(gray, model, scale_factor=sf, min_neighbors=mn, min_size=(ms, ms))
+
+
+def _dlib():
+    try:
+        import dlib
+    except ImportError:
+        raise FaceModelMissing("dlib is not installed: pip install dlib-bin (prebuilt wheels) or dlib") from None
+    return dlib
 
 
 @functools.lru_cache(maxsize=None)
 def _hog_detector():
-    import dlib
-
+    dlib = _dlib()
     return dlib.get_frontal_face_detector()
 
 
 @functools.lru_cache(maxsize=None)
 def _mmod_detector():
-    import dlib
-
+    dlib = _dlib()
     return dlib.cnn_face_detection_model_v1(_model_file("mmod_face_detector"))
 
 
 @functools.lru_cache(maxsize=None)
 def _shape_predictor():
-    import dlib
-
+    dlib = _dlib()
     return dlib.shape_predictor(_model_file("shape_predictor_5"))
 
 
 @functools.lru_cache(maxsize=None)
 def _recognizer():
-    import dlib
-
+    dlib = _dlib()
     return dlib.face_recognition_model_v1(_model_file("face_recognition"))
 
 
@@ -235,8 +289,7 @@ def _haar_boxes(arr: np.ndarray, scale_factor: float, min_neighbors: int,
     import cv2
 
     gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
-    found = _haar().detectMultiScale(gray, scaleFactor=scale_factor, minNeighbors=min_neighbors,
-                                     minSize=(min_size, min_size))
+    found = _haar(haar_backend())(gray, scale_factor, min_neighbors, min_size)
     rows = np.asarray(found).reshape(-1, 4)
     return _largest_first([Box(x, y, x + w, y + h) for x, y, w, h in rows])
 
@@ -387,9 +440,7 @@ def _rects_to_boxes(rects, arr: np.ndarray) -> list[Box]:
 
 
 def _rect(box: Box):
-    import dlib
-
-    return dlib.rectangle(box.left, box.top, box.right - 1, box.bottom - 1)  # dlib: inclusive
+    return _dlib().rectangle(box.left, box.top, box.right - 1, box.bottom - 1)  # dlib: inclusive
 
 
 def detect_faces_dlib(image: Any, *, upsample: int = 1, detector: str = "auto") -> list[Box]:

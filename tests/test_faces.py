@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +234,38 @@ def test_identity_embedding_with_hog_only_never_runs_the_cnn_detector(monkeypatc
         faces.identity_embedding(grey[:1], on_missing="whole")          # "auto" falls back to it
     with pytest.raises(ValueError, match="detector"):
         faces.identity_embedding(grey, detector="haar")
+
+
+def test_haar_faces_are_the_same_with_opencv_5s_numpy_cascade(portrait_paths, monkeypatch):
+    """OpenCV 5 has no CascadeClassifier: faces then runs the same cascade file in NumPy, box for box."""
+    images = portrait_paths[:6]
+    if faces.haar_backend() != "opencv":
+        pytest.skip("this OpenCV has no CascadeClassifier to compare with (tests/test_haar.py checks the NumPy cascade)")
+    reference = [faces.detect_faces_haar(p) for p in images]
+    monkeypatch.setattr(faces, "haar_backend", lambda: "numpy")
+    assert [faces.detect_faces_haar(p) for p in images] == reference
+    assert sum(map(len, reference)) >= 5
+
+
+def portrait_paths_first(mirror):
+    return sorted((mirror / "interfaces" / "256").glob("*.jpg"))[0]
+
+
+def test_the_haar_cascade_comes_from_the_registry_where_opencv_ships_none(monkeypatch, tmp_path, mirror):
+    monkeypatch.setattr(faces, "_opencv_haar_file", lambda: None)
+    internet = tmp_path / "internet" / "opencv"
+    internet.mkdir(parents=True)
+    import cv2
+
+    shutil.copy(Path(cv2.data.__file__).parent / faces.HAAR_FILE, internet / faces.HAAR_FILE)
+    monkeypatch.setenv("COMICUTILS_MIRROR", str(internet.parent))
+    faces._haar.cache_clear()
+    try:
+        path = Path(faces._model_file("haar_frontalface"))           # found through the registry, checksum verified
+        assert path.name == faces.HAAR_FILE and path.parent.parent == internet.parent
+        assert faces.detect_faces_haar(portrait_paths_first(mirror))
+        monkeypatch.setenv("COMICUTILS_MIRROR", str(tmp_path / "empty"))
+        with pytest.raises(faces.FaceModelMissing, match="OpenCV 5 ships none"):
+            faces._model_file("haar_frontalface")
+    finally:
+        faces._haar.cache_clear()
