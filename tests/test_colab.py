@@ -37,7 +37,9 @@ import pytest
 from comicutils import course_weights
 
 ROOT = Path(__file__).resolve().parent.parent
-COLAB = ROOT.parent / "shared" / "colab"
+# Google's published list of Colab's packages sits beside the asset mirror (../shared/colab)
+COLAB = next((p for p in [Path(m).parent / "colab" for m in os.environ.get("COMICUTILS_MIRROR", "").split(os.pathsep) if m]
+              + [ROOT.parent / "shared" / "colab"] if (p / "pip-freeze.gpu.txt").is_file()), ROOT.parent / "shared" / "colab")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 OUTER_ENV = dict(os.environ)          # as the session started (conftest defaults, no per-test changes)
 LOCAL_VARS = ("COMICUTILS_CACHE", "COMICUTILS_FIGURES", "COMICUTILS_RUNS", "COMICUTILS_OFFLINE",
