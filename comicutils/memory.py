@@ -238,6 +238,29 @@ def step_seconds(est: StepMemory, gpu_name: str) -> float | None:
     return None if peak is None or not est.flops else est.flops / (peak * 1e12 * UTILIZATION)
 
 
+def plan(est: StepMemory, what: str, steps: int, tier=None, *, dtype: str | None = None) -> str:
+    """One line for a notebook before a long training cell: what it does on this device, the step's
+    estimated memory against the tier's budget, and the expected time on a GPU tier.
+
+    Raises :class:`MemoryBudgetError` up front when the step does not fit (full mode: an 80 GB
+    card's budget), instead of running out of memory later. ``tier`` defaults to
+    :func:`comicutils.runtime.device_tier`; ``dtype`` names the precision the estimate assumed.
+    """
+    from .runtime import FULL_BUDGET_GIB, device_tier, get_mode
+
+    tier = tier or device_tier()
+    full = get_mode() == "full"
+    budget = FULL_BUDGET_GIB if full else tier.budget_gib
+    est.check(budget, what)
+    head = (f"{what}, {dtype or ('bfloat16' if full else tier.dtype)}: about {est.total_gib:.1f} GiB per step "
+            f"(estimate; budget {budget:g} GiB), {steps} steps")
+    per_step = step_seconds(est, tier.gpu) if tier.is_gpu else None
+    if per_step is None:
+        return f"{head}; the progress bar below shows the rate on this device"
+    return (f"{head}, expected about {per_step * steps / 60:.0f} min on {tier.gpu} (estimate: "
+            f"{est.flops / 1e12:.1f} TFLOP per step at {UTILIZATION:.0%} of the card's datasheet peak)")
+
+
 def _default_loss(out) -> torch.Tensor:
     out = getattr(out, "sample", out)
     if isinstance(out, (tuple, list)):

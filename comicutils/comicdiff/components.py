@@ -517,20 +517,13 @@ def training_plan(path: str, size: int, batch: int, *, steps: int, tier=None, ra
     tier's budget (full mode uses an 80 GB card's), instead of running out of memory later.
     """
     from .. import memory
-    from ..runtime import FULL_BUDGET_GIB, device_tier, get_mode
+    from ..runtime import device_tier, get_mode
 
     tier = tier or device_tier()
     full = get_mode() == "full"                      # full mode: an 80 GB card (A100/H100: bf16)
     dtype = torch.bfloat16 if full else tier.torch_dtype()
     est = training_memory(path, size, batch, rank=rank, feed_forward=feed_forward, dtype=dtype,
                           gradient_checkpointing=gradient_checkpointing, lpips_size=None)
-    budget = FULL_BUDGET_GIB if full else tier.budget_gib
-    what = f"LoRA r={rank} on the {'SD 2.1' if path == 'sd21' else 'offline'} U-Net at {size} px, batch {batch}"
-    est.check(budget, what)
-    head = (f"{what}, {str(dtype).removeprefix('torch.')}{', gradient checkpointing' if gradient_checkpointing else ''}: "
-            f"about {est.total_gib:.1f} GiB per step (estimate; budget {budget:g} GiB), {steps} steps")
-    per_step = memory.step_seconds(est, tier.gpu) if tier.is_gpu else None
-    if per_step is None:
-        return f"{head}; the progress bar below shows the rate on this device"
-    return (f"{head}, expected about {per_step * steps / 60:.0f} min on {tier.gpu} (estimate: "
-            f"{est.flops / 1e12:.1f} TFLOP per step at {memory.UTILIZATION:.0%} of the card's datasheet peak)")
+    what = (f"LoRA r={rank} on the {'SD 2.1' if path == 'sd21' else 'offline'} U-Net at {size} px, batch {batch}"
+            f"{', gradient checkpointing' if gradient_checkpointing else ''}")
+    return memory.plan(est, what, steps, tier, dtype=str(dtype).removeprefix("torch."))
