@@ -468,7 +468,7 @@ def figures_dir() -> Path:
 
     ``COMICUTILS_FIGURES`` if set; otherwise ``figures/`` of a checkout in auto and full mode
     and ``build/smoke-figures/`` in smoke mode (so a CI run never overwrites the figures the
-    README shows); for an installed package ``comicutils-figures/`` in the working folder
+    docs show); for an installed package ``comicutils-figures/`` in the working folder
     (``comicutils-figures/smoke/`` in smoke mode).
     """
     env = os.environ.get(FIGURES_ENV, "").strip()

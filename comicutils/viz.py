@@ -2,7 +2,7 @@
 
 Every function returns a matplotlib ``Figure``; :func:`save_figure` writes it atomically to
 :func:`comicutils.runtime.figures_dir` (``figures/`` in auto/full mode, a build folder in
-smoke mode so CI never overwrites the README's figures).
+smoke mode so CI never overwrites the figures the docs show).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Then the notebooks' own install cell runs in that environment, as Colab runs it 
 ``COLAB_RELEASE_TAG`` variable Colab sets, and ``COMICUTILS_SOURCE`` pointing at this
 checkout's wheel instead of GitHub), *with* its dependencies. The test compares ``pip list``
 before and after: none of the preinstalled packages may change (:data:`MAY_CHANGE`, named in
-the README, is empty) and no test tool may arrive. Only then does the harness add nbval (with
+docs/colab.md, is empty) and no test tool may arrive. Only then does the harness add nbval (with
 Colab's versions as constraints) and run each notebook alone in an empty folder under nbval in
 smoke mode, nothing of the checkout on the path. The asset mirror stands in for the internet.
 
@@ -52,7 +52,7 @@ COLAB_TOUCHED = ("torch", "torchvision", "numpy", "scipy", "diffusers", "peft", 
                  "widgetsnbextension", "jupyterlab-widgets", "ipykernel", "ipython", "jupyter-client", "tqdm",
                  "pandas", "pillow", "pytest", "requests", "filelock", "pyyaml", "packaging")
 COLAB_OPENCV = (("opencv-contrib-python",), ("opencv-python", "opencv-python-headless"))  # in this order
-MAY_CHANGE: frozenset[str] = frozenset()      # Colab's preinstalled packages the install may change (README names them)
+MAY_CHANGE: frozenset[str] = frozenset()      # Colab's preinstalled packages the install may change (docs/colab.md names them)
 VENV_TOOLS = frozenset({"pip", "setuptools", "wheel"})   # a bare venv's own: any install may upgrade them
 TEST_TOOLS = frozenset({"pytest", "nbval", "pytest-timeout", "playwright", "ruff", "jupyterlab", "nbclient",
                         "notebook", "coverage"})
