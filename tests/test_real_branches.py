@@ -288,18 +288,15 @@ def test_semantic_constraint_uses_lpips_whatever_distances_are_passed(standins_e
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
     small = [F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True) for x in (a, b)]
-    _, ident = distances(a, b)
-    want = metrics.lpips(*small, "vgg").float() + sg.LAMBDA_ID * ident
+    want = metrics.lpips(*small, "vgg").float() + sg.LAMBDA_ID * loss.identity(a, b)
     assert torch.allclose(loss(a, b), want, atol=1e-5)
     x = a.clone().requires_grad_(True)
     loss(x, b).sum().backward()
     assert x.grad.abs().sum() > 0
-    used = [s.wanted for s in runtime.substitutes_in_use()]
-    assert not any("LPIPS" in w for w in used)                        # only the identity stand-in
+    _assert_no_substitute()                                           # the identity term is dlib's ResNet
     monkeypatch.setenv("COMICUTILS_MODE", "full")
     assert sg.SemanticLoss(distances, lambda_id=0.0).perceptual == "lpips-vgg"
-    with pytest.raises(RuntimeError, match="face-recognition"):
-        sg.SemanticLoss(distances, lambda_id=sg.LAMBDA_ID)
+    assert isinstance(sg.SemanticLoss(distances, lambda_id=sg.LAMBDA_ID).identity, sg.IdentityLoss)
 
 
 # --------------------------------------------------------------------------- chapters 04-06: ComicDiff on SD 2.1

@@ -296,11 +296,13 @@ def _toy_extractor():
 def test_semantic_loss_zero_for_identical_positive_otherwise_and_differentiable():
     dist = sg.FeatureDistances(_toy_extractor(), lpips_blocks=(1, 2), id_block=2)
     loss = sg.SemanticLoss(dist, announce=False)
+    assert isinstance(loss.identity, sg.IdentityLoss)       # dlib's network: Lu & Zhou's identity term
     a, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
-    assert torch.allclose(loss(a, a), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(loss(a, a), torch.zeros(2), atol=1e-5)
     assert (loss(a, b) > 0).all()
-    perc, ident = dist(a, b)
-    assert torch.allclose(loss(a, b), perc + sg.LAMBDA_ID * ident)
+    perc, _ = dist(a, b)
+    assert torch.allclose(loss(a, b), perc + sg.LAMBDA_ID * loss.identity(a, b))
+    assert loss.identity.landmark_sources == {"template": 4}   # a and b, each looked up once; 16 px: the template
     x = a.clone().requires_grad_(True)
     loss(x, b).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -312,6 +314,7 @@ def test_semantic_loss_announces_its_substitutes(capsys):
     sg.SemanticLoss(sg.FeatureDistances(_toy_extractor(), lpips_blocks=(1,), id_block=2), announce=True)
     used = " ".join(s.used for s in runtime.substitutes_in_use())
     assert "taef2" in used and "LPIPS" in capsys.readouterr().out
+    assert not any("identity" in s.wanted.lower() for s in runtime.substitutes_in_use())   # dlib's ResNet is real
 
 
 # --------------------------------------------------------------------------- training

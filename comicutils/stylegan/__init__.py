@@ -16,7 +16,7 @@ from .blend import (SEED003_CUSTOM_BLEND, SEED003_SWAP_RESOLUTION, blend, blend_
                     multimodal, reference_guided, resample_blend_weights, swap_weights)
 from .invert import (Inversion, PseudoPairs, initial_latent, invert, latent_to_wplus, mse_loss,
                      multilevel_pseudo_pairs, perceptual_mse)
-from .losses import LAMBDA_ID, FeatureDistances, SemanticLoss
+from .losses import LAMBDA_ID, FeatureDistances, IdentityLoss, SemanticLoss
 from .model import (CheckpointMismatch, Generator, GeneratorConfig, check_state_dict,
                     config_from_state_dict, load_checkpoint, load_state, rosinality_channels,
                     save_checkpoint, upfirdn2d)
