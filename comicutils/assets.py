@@ -46,10 +46,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import get_mode, progress, project_root, substitute_banner
+from .runtime import CACHE_ENV, MIRROR_ENV, cache_dir, get_mode, mirror_dirs, progress, substitute_banner  # noqa: F401 (re-exported)
 
-CACHE_ENV = "COMICUTILS_CACHE"
-MIRROR_ENV = "COMICUTILS_MIRROR"
 OFFLINE_ENV = "COMICUTILS_OFFLINE"
 STANDIN_ENV = "COMICUTILS_STANDIN_CHECKSUMS"
 
@@ -372,23 +370,6 @@ def list_assets(group: str | None = None, *, mirrored: bool | None = None) -> li
 
 
 # --------------------------------------------------------------------------- locations
-def cache_dir() -> Path:
-    """The download cache (created on demand)."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    root = project_root()
-    if root is not None:
-        return root / "data" / "cache"
-    return Path.home() / ".cache" / "comicutils"
-
-
-def mirror_dirs() -> list[Path]:
-    """Mirror folders named by ``COMICUTILS_MIRROR`` (``os.pathsep``-separated), in order."""
-    raw = os.environ.get(MIRROR_ENV, "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
-
-
 def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 

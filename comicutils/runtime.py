@@ -37,6 +37,8 @@ DEVICE_ENV = "COMICUTILS_DEVICE"
 FIGURES_ENV = "COMICUTILS_FIGURES"
 RUNS_ENV = "COMICUTILS_RUNS"
 PROGRESS_ENV = "COMICUTILS_PROGRESS"
+CACHE_ENV = "COMICUTILS_CACHE"           # the download cache (comicutils.assets)
+MIRROR_ENV = "COMICUTILS_MIRROR"         # offline mirror folders, os.pathsep-separated
 TIER_ENV = "COMICUTILS_TIER"              # tests only: rehearse a GPU tier's settings on the CPU
 TIERS = ("cpu", "gpu16", "gpu40")
 INSTALLED_RUNS = "comicutils-runs"        # under the working folder, for an installed package
@@ -463,6 +465,24 @@ def run_dir(chapter: int | str, *, create: bool = True) -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """The download cache (:mod:`comicutils.assets` creates it on demand): ``COMICUTILS_CACHE``,
+    else ``data/cache/`` of a checkout, else ``~/.cache/comicutils``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    root = project_root()
+    if root is not None:
+        return root / "data" / "cache"
+    return Path.home() / ".cache" / "comicutils"
+
+
+def mirror_dirs() -> list[Path]:
+    """Mirror folders named by ``COMICUTILS_MIRROR`` (``os.pathsep``-separated), in order."""
+    raw = os.environ.get(MIRROR_ENV, "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
 def figures_dir() -> Path:
     """Where notebooks save figures (created on demand).
 
@@ -489,7 +509,6 @@ def environment_report() -> dict[str, str]:
     import torch
 
     from . import __version__
-    from .assets import MIRROR_ENV, cache_dir, mirror_dirs
 
     dev = get_device()
     gpu = torch.cuda.get_device_name(0) if dev.type == "cuda" else "-"
