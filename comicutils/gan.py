@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .checkpoints import restore_trainer, save_state, trainer_state
+from .checkpoints import checkpoint_exists, output_lock, restore_trainer, save_state, trainer_state
 from .images import check_image_tensor
 from .metrics import MetricUnavailable
 from .runtime import get_device, progress
@@ -452,8 +452,16 @@ class GANTrainer:
             labels = torch.as_tensor(labels).long()
         if batch_size < 1 or sample_every < 1:
             raise ValueError("batch_size and sample_every must be >= 1")
-        if checkpoint is not None and resume and Path(checkpoint).is_file():
-            self.load_checkpoint(checkpoint)
+        if checkpoint is None:
+            return self._train(x, labels, epochs, batch_size, flip, sample_every, n_samples, None, show_progress, seed)
+        with output_lock(Path(checkpoint).parent):          # one run per output folder
+            if resume and checkpoint_exists(checkpoint):
+                self.load_checkpoint(checkpoint)
+            return self._train(x, labels, epochs, batch_size, flip, sample_every, n_samples, checkpoint,
+                               show_progress, seed)
+
+    def _train(self, x, labels, epochs, batch_size, flip, sample_every, n_samples, checkpoint, show_progress,
+               seed) -> list[dict]:
         z_fixed, y_fixed = self.sample_inputs(n_samples, seed)
         if 0 not in self.samples and self.step == 0:
             self.samples[0] = generate(self.generator, z_fixed, y_fixed)

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import assets
-from .checkpoints import load_file, remove_stale_temps, restore_trainer, save_state, trainer_state
+from .checkpoints import (checkpoint_exists, deferred_interrupt, load_latest, output_lock, restore_trainer, save_state,
+                          trainer_state)
 from .images import check_image_tensor
 from .runtime import get_device, progress
 
@@ -647,7 +648,7 @@ def translate(generator: nn.Module, images01: torch.Tensor, batch_size: int = 8,
 def save_generator(generator: nn.Module, path: str | os.PathLike) -> Path:
     """Save ``{"format", "generator": state dict, "config": {"generator": config}}`` atomically."""
     return save_state({"format": CHECKPOINT_FORMAT, "generator": generator.state_dict(),
-                         "config": {"generator": dict(generator.config)}}, path)
+                       "config": {"generator": dict(generator.config)}}, path, keep_previous=False)
 
 
 def load_generator(path: str | os.PathLike, name: str | None = None, size: int | None = None,
@@ -659,7 +660,7 @@ def load_generator(path: str | os.PathLike, name: str | None = None, size: int |
     U-Res50 is rebuilt without fetching ImageNet weights (the file holds them). Returns the
     generator in eval mode on ``device``.
     """
-    ckpt = load_file(path)
+    ckpt, path = load_latest(path)
     if isinstance(ckpt, Mapping) and "generator" in ckpt:
         state = ckpt["generator"]
         config = dict(ckpt.get("config", {}).get("generator", {}))
@@ -732,6 +733,21 @@ def _metric_names(metrics: Iterable[str]) -> list[str]:
     return names
 
 
+class _Skip:
+    """A batch sampler without its first ``skip`` batches (a resume in the middle of an epoch)."""
+
+    def __init__(self, batches, skip: int):
+        self.batches, self.skip = batches, int(skip)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)
+
+
 class Pix2PixTrainer:
     """Trains a generator and a PatchGAN with the Human-to-Anime report's Algorithm 1 (D step, then G step).
 
@@ -793,6 +809,7 @@ class Pix2PixTrainer:
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=tuple(betas))
         self.step, self.epoch = 0, 0
+        self.epoch_step = 0                 # steps done in the current (unfinished) epoch
         self.history: list[dict[str, float]] = []
         self.samples: dict[int, torch.Tensor] = {}
         self.metric_history: list[dict[str, float]] = []
@@ -897,7 +914,7 @@ class Pix2PixTrainer:
               batch_size: int = 1, sample_pairs=None, checkpoint: str | os.PathLike | None = None,
               resume: bool = True, show_progress: bool = True, seed: int = 0,
               eval_pairs=None, eval_metrics: Iterable[str] = ("ssim", "psnr"),
-              checkpoint_every: int = 1) -> list[dict]:
+              checkpoint_every: int = 1, checkpoint_every_steps: int | None = None) -> list[dict]:
         """Train until ``epochs`` complete epochs and/or ``steps`` optimiser steps *in total*.
 
         ``dataset``: a :class:`comicutils.data.PairDataset` (or any map-style dataset of
@@ -917,9 +934,13 @@ class Pix2PixTrainer:
         at the end (a 512 px trainer state is several hundred MB, so a long run may save less
         often: an interruption then repeats at most ``checkpoint_every`` epochs); with
         ``resume=True`` an existing one is loaded first (step count, history, metric history,
-        both networks and optimisers). Returns ``history``.
+        both networks and optimisers, the random states and the place in the epoch, so the
+        resumed run repeats an uninterrupted one; said on screen); other loss settings than the
+        checkpoint's are refused, a new learning rate is applied and said. ``checkpoint_every_steps``
+        also writes it after every that many steps. Ctrl-C or SIGTERM finishes the current step,
+        writes the checkpoint and stops; the checkpoint's folder is locked while training
+        (:func:`comicutils.checkpoints.output_lock`). Returns ``history``.
         """
-        from torch.utils.data import DataLoader
 
         if epochs is None and steps is None:
             raise ValueError("give epochs=, steps= or both")
@@ -930,13 +951,26 @@ class Pix2PixTrainer:
         if eval_pairs is not None:
             eval_photos, eval_comics = _eval_pairs(eval_pairs)
             eval_metrics = _metric_names(eval_metrics)
-        if checkpoint is not None:
-            remove_stale_temps(checkpoint)            # what a killed save left behind
-        if checkpoint is not None and resume and Path(checkpoint).is_file():
-            self.load_checkpoint(checkpoint)
-        n = len(dataset)
-        if n == 0:
+        if checkpoint_every_steps is not None and checkpoint_every_steps < 1:
+            raise ValueError(f"checkpoint_every_steps must be >= 1 step; got {checkpoint_every_steps}")
+        if len(dataset) == 0:
             raise ValueError("the dataset is empty")
+        if checkpoint is None:
+            return self._train(dataset, epochs, steps, batch_size, sample_pairs, None, show_progress, seed,
+                               eval_pairs, eval_metrics, checkpoint_every, checkpoint_every_steps)
+        with output_lock(Path(checkpoint).parent):
+            if resume and checkpoint_exists(checkpoint):
+                self.load_checkpoint(checkpoint)
+            return self._train(dataset, epochs, steps, batch_size, sample_pairs, checkpoint, show_progress, seed,
+                               eval_pairs, eval_metrics, checkpoint_every, checkpoint_every_steps)
+
+    def _train(self, dataset, epochs, steps, batch_size, sample_pairs, checkpoint, show_progress, seed,
+               eval_pairs, eval_metrics, checkpoint_every, checkpoint_every_steps) -> list[dict]:
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+        if eval_pairs is not None:
+            eval_photos, eval_comics = _eval_pairs(eval_pairs)
+        n = len(dataset)
         per_epoch = math.ceil(n / batch_size)
 
         def done() -> bool:
@@ -945,7 +979,7 @@ class Pix2PixTrainer:
 
         total = math.inf
         if epochs is not None:
-            total = self.step + max(0, epochs - self.epoch) * per_epoch
+            total = self.step + max(0, epochs - self.epoch) * per_epoch - self.epoch_step
         if steps is not None:
             total = min(total, max(steps, self.step))
         photos = _sample_photos(sample_pairs)
@@ -954,32 +988,50 @@ class Pix2PixTrainer:
         name = self.config["generator"].get("name", "G")
         bar = progress(total=int(total), initial=self.step, desc=f"pix2pix {name}",
                        **({} if show_progress else {"disable": True}))
+        saved = self.step
+
+        def save() -> None:
+            nonlocal saved
+            if checkpoint is not None and self.step != saved:
+                self.save_checkpoint(checkpoint)
+                saved = self.step
+
         try:
-            while not done():
-                if hasattr(dataset, "epoch"):
-                    dataset.epoch = self.epoch
-                order = torch.Generator().manual_seed(seed + self.epoch)
-                loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=order)
-                finished = True
-                for batch in loader:
-                    if steps is not None and self.step >= steps:
-                        finished = False
+            with deferred_interrupt() as stop:
+                while not done():
+                    if hasattr(dataset, "epoch"):
+                        dataset.epoch = self.epoch
+                    order = torch.Generator().manual_seed(seed + self.epoch)
+                    # the batches shuffle=True would give, less those this epoch already trained on
+                    batches = _Skip(BatchSampler(RandomSampler(dataset, generator=order), batch_size, False),
+                                    self.epoch_step)
+                    loader = DataLoader(dataset, batch_sampler=batches, generator=order)
+                    finished = True
+                    for batch in loader:
+                        if steps is not None and self.step >= steps:
+                            finished = False
+                            break
+                        row = self.train_step(batch["photo"], batch["comic"])
+                        self.epoch_step += 1
+                        bar.update(1)
+                        bar.set_postfix(d=f"{row['d']:.3f}", g=f"{row['g_total']:.3f}",
+                                        l1=f"{row['g_l1']:.3f}", refresh=False)
+                        if checkpoint_every_steps and self.step % checkpoint_every_steps == 0 and not done():
+                            save()
+                        stop.check(save)
+                    if not finished:
                         break
-                    row = self.train_step(batch["photo"], batch["comic"])
-                    bar.update(1)
-                    bar.set_postfix(d=f"{row['d']:.3f}", g=f"{row['g_total']:.3f}",
-                                    l1=f"{row['g_l1']:.3f}", refresh=False)
-                if not finished:
-                    break
-                self.epoch += 1
-                if photos is not None:
-                    self.samples[self.epoch] = translate(self.generator, photos, norm_stats="image")
-                if eval_pairs is not None:
-                    self.metric_history.append(
-                        {"epoch": self.epoch, "step": self.step,
-                         **self.evaluate(eval_photos, eval_comics, eval_metrics)})
-                if checkpoint is not None and self.epoch % checkpoint_every == 0 and not done():
-                    self.save_checkpoint(checkpoint)     # the last one is written below
+                    self.epoch += 1
+                    self.epoch_step = 0
+                    if photos is not None:
+                        self.samples[self.epoch] = translate(self.generator, photos, norm_stats="image")
+                    if eval_pairs is not None:
+                        self.metric_history.append(
+                            {"epoch": self.epoch, "step": self.step,
+                             **self.evaluate(eval_photos, eval_comics, eval_metrics)})
+                    if self.epoch % checkpoint_every == 0 and not done():
+                        save()                              # the last one is written below
+                    stop.check(save)
         finally:
             bar.close()
         if checkpoint is not None:
@@ -1009,7 +1061,7 @@ class Pix2PixTrainer:
     # files -----------------------------------------------------------------------
     def state(self) -> dict:
         """Everything needed to resume, as plain tensors, numbers, strings, lists and dicts."""
-        return trainer_state(self, CHECKPOINT_FORMAT,
+        return trainer_state(self, CHECKPOINT_FORMAT, epoch_step=self.epoch_step,
                              metric_history=[dict(r) for r in self.metric_history])
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
@@ -1024,6 +1076,7 @@ class Pix2PixTrainer:
         """
         ckpt = restore_trainer(self, path, CHECKPOINT_FORMAT)
         self.metric_history = [dict(r) for r in ckpt.get("metric_history", [])]
+        self.epoch_step = int(ckpt.get("epoch_step", 0))
 
     def save_generator(self, path: str | os.PathLike) -> Path:
         """The generator alone (for ``stylize --method pix2pix``): see :func:`save_generator`."""

@@ -333,7 +333,7 @@ def test_checkpoint_round_trip_resume_and_samples(tmp_path):
         pix2pix.load_generator(tmp_path / "g.pt", name="ures9")
     wrong = pix2pix.Pix2PixTrainer(pix2pix.UNetGenerator(32, ngf=8),
                                    pix2pix.PatchDiscriminator(ndf=4, n_layers=2), device="cpu")
-    with pytest.raises(ValueError, match="resume=False"):
+    with pytest.raises(ValueError, match="this trainer has .*ngf.: 8.*start afresh"):
         wrong.train(ds, epochs=3, checkpoint=ckpt, show_progress=False)
 
 

@@ -99,8 +99,10 @@ def test_a_kill_between_the_two_renames_falls_back_to_the_previous_checkpoint(tm
     latest = tmp_path / cdtrain.CHECKPOINT_NAME
     assert (tmp_path / f"{cdtrain.CHECKPOINT_NAME}.previous").is_dir()
     # what a SIGKILL after "latest -> previous" and before "tmp -> latest" leaves: no latest, a stray temp
-    latest.rename(tmp_path / ".checkpoint-latest.abc123")
-    (tmp_path / ".checkpoint-latest.abc123" / checkpoints.COMPLETE_NAME).unlink()
+    stray = checkpoints.temp_path(latest)
+    latest.rename(stray)
+    (stray / checkpoints.PARTIAL_MARK).touch()
+    (stray / checkpoints.COMPLETE_NAME).unlink()
     res = _train(tmp_path, 4)
     out = capsys.readouterr().out
     assert "resuming from checkpoint-latest.previous" in out.replace(str(tmp_path) + "/", "") or "previous" in out
@@ -197,9 +199,11 @@ def test_a_failed_pix2pix_save_keeps_the_previous_file_and_leaves_no_temp(tmp_pa
         t.save_checkpoint(path)
     monkeypatch.undo()
     assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
-    (tmp_path / ".ck.pt.x1y2.tmp").write_bytes(b"")        # what a SIGKILL during a save leaves
+    checkpoints.temp_path(path).write_bytes(b"")           # what a SIGKILL during a save leaves
+    (tmp_path / ".ck.pt.x1y2.tmp").write_bytes(b"mine")    # not the save's name: left alone
     t.save_checkpoint(path)
-    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.pt.x1y2.tmp", "ck.pt", "ck.pt.previous"]
+    assert checkpoints.load_file(path)["step"] == 7 and checkpoints.load_file(checkpoints.previous_path(path))["step"] == 0
 
 
 def test_non_finite_weights_or_statistics_are_never_saved(tmp_path):

@@ -41,7 +41,7 @@ def assert_same(a: dict, b: dict, parts=("G", "D", "G_ema")) -> None:
 
 
 def temps(path) -> list:
-    return sorted(path.parent.glob(f".{path.name}.*"))
+    return [p for p in (checkpoints.temp_path(path),) if p.exists()]
 
 
 # --------------------------------------------------------------------------- history numbering
@@ -216,10 +216,13 @@ def test_failing_save_keeps_the_previous_checkpoint_and_leaves_no_temp(tmp_path,
     assert path.read_bytes() == saved and not temps(path)
 
 
-def test_stale_temp_file_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
+def test_the_stale_temp_file_of_a_killed_save_is_removed_by_the_next_save_and_nothing_else(tmp_path):
     path = tmp_path / "run.pt"
-    stale = tmp_path / ".run.pt.k1ll3d.tmp"
+    stale = checkpoints.temp_path(path)                 # the one name a save writes to
+    assert stale == tmp_path / ".run.pt.partial"
     stale.write_bytes(b"partial")
+    swap = tmp_path / ".run.pt.swp"                     # an editor's file: not ours
+    swap.write_bytes(b"keep me")
     trainer().save_checkpoint(path)
-    assert not stale.exists() and path.is_file()
+    assert not stale.exists() and path.is_file() and swap.read_bytes() == b"keep me"
     assert checkpoints.load_file(path)["format"] == "comicutils.stylegan.trainer/1"

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import NonFiniteState, load_file, save_state
+import contextlib
+
+from ..checkpoints import NonFiniteState, checkpoint_exists, load_latest, output_lock, save_state
 from ..runtime import progress, seed_everything
 from . import lora
 from .model import ComicDiff, ComicDiffLoss, perceptual_loss
@@ -171,18 +173,27 @@ def pretrain_denoiser(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, 
     cond = prompt_embeds.to(device)
     settings = {"batch_size": batch_size, "lr": lr, "seed": seed, "flip": flip, "latents": list(latents.shape),
                 "prediction_type": prediction}
+    lock = output_lock(Path(checkpoint).parent) if checkpoint is not None else contextlib.nullcontext()
+    with lock:                                          # one run per output folder
+        return _pretrain(unet, latents, cond, scheduler, prediction, opt, g, settings, steps, batch_size, flip,
+                         checkpoint, checkpoint_every, resume, show_progress, device)
+
+
+def _pretrain(unet, latents, cond, scheduler, prediction, opt, g, settings, steps, batch_size, flip, checkpoint,
+              checkpoint_every, resume, show_progress, device) -> "PretrainResult":
     history, done, spent = [], 0, 0.0
-    if checkpoint is not None and resume and Path(checkpoint).is_file():
-        state = load_file(checkpoint)
+    if checkpoint is not None and resume and checkpoint_exists(checkpoint):
+        state, checkpoint_used = load_latest(checkpoint)
         if not isinstance(state, dict) or state.get("format") != PRETRAIN_FORMAT:
             raise ValueError(f"{checkpoint} is not a denoiser pre-training checkpoint")
         if state["settings"] != settings:
             raise ValueError(f"{checkpoint} was written with {state['settings']}, this run has {settings}; "
-                             "use another checkpoint file or start afresh (resume=False)")
+                             "use another checkpoint file or start afresh")
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["opt"])
         g.set_state(state["rng"])
         history, done, spent = [dict(r) for r in state["history"]], int(state["step"]), float(state["seconds"])
+        print(f"resuming from {checkpoint_used} at step {done}")
     start = time.perf_counter()
 
     def save(step: int) -> None:
@@ -466,8 +477,17 @@ def train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None = 
     Dataset items are dicts with ``"comic"`` (3, H, W) in [0, 1] and either ``"latent"`` (z_x,
     see :func:`encode_pairs`) or ``"photo"`` (encoded on the fly). Only LoRA parameters train:
     the VAE/codec, the U-Net's own weights and the prompt embedding stay frozen. Returns the
-    per-step history (loss, mse, perceptual, grad norm, seconds).
+    per-step history (loss, mse, perceptual, grad norm, seconds). ``out_dir`` is locked while
+    training (:func:`comicutils.checkpoints.output_lock`): a second run on it fails at once.
     """
+    lock = output_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+    with lock:
+        return _train_lora(model, dataset, config, out_dir=out_dir, resume=resume, loss_fn=loss_fn,
+                           show_progress=show_progress)
+
+
+def _train_lora(model: ComicDiff, dataset: Dataset, config: TrainConfig | None, *, out_dir, resume: bool,
+                loss_fn: ComicDiffLoss | None, show_progress: bool) -> TrainResult:
     config = config or TrainConfig()
     seed_everything(config.seed)
     if not lora.has_lora(model.unet):
@@ -635,11 +655,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``accelerate launch -m comicutils.comicdiff.train ...``; errors are one line (exit 1), bad
     arguments exit 2, ``COMICUTILS_DEBUG=1`` shows tracebacks."""
-    from ..cli import run_with_error_boundary
+    from ..cli import run_command
 
     parser = _parser()
     args = parser.parse_args(argv)
-    return run_with_error_boundary(lambda: _train_main(args, parser), debug=False)
+    return run_command(lambda: _train_main(args, parser), debug=False)
 
 
 def _train_main(args, parser) -> int:

@@ -28,6 +28,7 @@ loop and fine-tunes copies on the comics -- a small stand-in for FFHQ-StyleGAN2,
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -291,8 +292,14 @@ class GANTrainer:
                              f"got {tuple(images.shape)}")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1; got {checkpoint_every}")
-        if checkpoint is not None and resume and Path(checkpoint).is_file():
-            self.load_checkpoint(checkpoint)
+        if checkpoint is None:
+            return self._fit(images, steps, desc, snapshot_every, snapshot_seeds, None, checkpoint_every)
+        with checkpoints.output_lock(Path(checkpoint).parent):     # one run per output folder
+            if resume and checkpoints.checkpoint_exists(checkpoint):
+                self.load_checkpoint(checkpoint)
+            return self._fit(images, steps, desc, snapshot_every, snapshot_seeds, checkpoint, checkpoint_every)
+
+    def _fit(self, images, steps, desc, snapshot_every, snapshot_seeds, checkpoint, checkpoint_every) -> "GANTrainer":
         self.G.train()
         bar = progress(total=max(int(steps), self.step), initial=self.step, desc=desc)
         try:
@@ -345,7 +352,7 @@ class GANTrainer:
         learning rate is kept (so a diverged run can resume with a lower one); the other recorded
         settings are informative. ``extra_losses`` are not in the file: this trainer's are used.
         """
-        ckpt = checkpoints.load_file(path)               # CPU; load_state_dict moves to the device
+        ckpt, path = checkpoints.load_latest(path)      # CPU; load_state_dict moves to the device
         if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
             found = ckpt.get("format") if isinstance(ckpt, Mapping) else type(ckpt).__name__
             raise ValueError(f"{path} is not a micro StyleGAN trainer checkpoint "
@@ -379,6 +386,10 @@ class GANTrainer:
         self.history = [dict(r) for r in ckpt["history"]]
         self.snapshots = {int(k): v for k, v in ckpt.get("snapshots", {}).items()}
         self.gen.set_state(ckpt["rng"])
+        old_lr = dict(saved.get("trainer", {})).get("lr")
+        changed = f"; learning rate now {self.lr:g} (the checkpoint trained with {old_lr:g})" \
+            if old_lr is not None and old_lr != self.lr else ""
+        print(f"resuming from {path} at step {self.step}{changed}")
         return ckpt
 
 
@@ -490,7 +501,6 @@ def fit_reconstruction(G: Generator, images: torch.Tensor, steps: int, *, batch_
     atomically every ``checkpoint_every`` steps and at the end (G, z, optimiser, random state,
     history); an existing one is resumed, and ``steps`` counts in total.
     """
-    from ..checkpoints import load_file, save_state
     from .invert import mse_loss
 
     loss = loss or mse_loss
@@ -508,19 +518,37 @@ def fit_reconstruction(G: Generator, images: torch.Tensor, steps: int, *, batch_
     settings = {"images": list(images.shape), "batch_size": batch_size, "lr": lr, "latent_lr": latent_lr,
                 "latent_noise": latent_noise, "seed": seed, "learn_latents": learn_latents}
     history, done = [], 0
-    if checkpoint is not None and resume and Path(checkpoint).is_file():
-        state = load_file(checkpoint)
-        if not isinstance(state, dict) or state.get("format") != RECONSTRUCTION_FORMAT:
-            raise ValueError(f"{checkpoint} is not a reconstruction checkpoint")
-        if state["settings"] != settings:
-            raise ValueError(f"{checkpoint} was written with {state['settings']}, this run has {settings}; "
-                             "use another checkpoint file or start afresh (resume=False)")
-        G.load_state_dict(state["G"])
-        with torch.no_grad():
-            z.copy_(state["z"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["rng"])
-        history, done = [dict(r) for r in state["history"]], int(state["step"])
+    if checkpoint is None:
+        lock = contextlib.nullcontext()
+    else:
+        lock = checkpoints.output_lock(Path(checkpoint).parent)     # one run per output folder
+    with lock:
+        if checkpoint is not None and resume and checkpoints.checkpoint_exists(checkpoint):
+            state, source = checkpoints.load_latest(checkpoint)
+            history, done = _resume_reconstruction(state, source, settings, G, z, opt, gen)
+            print(f"resuming from {source} at step {done}")
+        return _fit_reconstruction(G, images, steps, z, opt, gen, loss, batch_size, latent_noise, desc, checkpoint,
+                                   checkpoint_every, settings, history, done)
+
+
+def _resume_reconstruction(state, checkpoint, settings, G, z, opt, gen) -> tuple[list, int]:
+    """Load a :func:`fit_reconstruction` checkpoint into G, z, the optimiser and the generator; -> (history, steps)."""
+    if not isinstance(state, dict) or state.get("format") != RECONSTRUCTION_FORMAT:
+        raise ValueError(f"{checkpoint} is not a reconstruction checkpoint")
+    if state["settings"] != settings:
+        raise ValueError(f"{checkpoint} was written with {state['settings']}, this run has {settings}; "
+                         "use another checkpoint file or start afresh")
+    G.load_state_dict(state["G"])
+    with torch.no_grad():
+        z.copy_(state["z"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["rng"])
+    return [dict(r) for r in state["history"]], int(state["step"])
+
+
+def _fit_reconstruction(G, images, steps, z, opt, gen, loss, batch_size, latent_noise, desc, checkpoint,
+                        checkpoint_every, settings, history, done) -> "LatentFit":
+    dev = G.w_avg.device
     G.train().requires_grad_(True)
     for step in progress(range(done, steps), desc=desc, initial=done, total=steps):
         idx = torch.randperm(len(images), generator=gen)[:batch_size]
@@ -532,7 +560,7 @@ def fit_reconstruction(G: Generator, images: torch.Tensor, steps: int, *, batch_
         opt.step()
         history.append({"step": step, "reconstruction": value.item()})
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            save_state({"format": RECONSTRUCTION_FORMAT, "settings": settings, "G": G.state_dict(),
+            checkpoints.save_state({"format": RECONSTRUCTION_FORMAT, "settings": settings, "G": G.state_dict(),
                         "z": z.detach(), "opt": opt.state_dict(), "rng": gen.get_state(), "step": step + 1,
                         "history": history}, checkpoint)
     G.eval().requires_grad_(False)
