@@ -49,6 +49,23 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+MAX_SIZE = 4096
+"""The largest image side an option accepts (a 4096 px pix2pix U-Net step already needs tens of GB)."""
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """A whole number in [low, high] (a usage error otherwise)."""
+    at_least = int_at_least(low)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse
+
+
 def finite_float(low: float | None = None, *, strict: bool = False) -> Callable[[str], float]:
     """A finite number (no nan/inf), optionally >= ``low`` (> with ``strict``)."""
     import math
@@ -164,6 +181,26 @@ def unique_output_names(photos: list[str], method: str) -> dict[str, str]:
     if len(set(names.values())) != len(names):        # e.g. dir1/a.jpg and dir2/a.jpg
         names = {p: f"{i:03d}-{n}" for i, (p, n) in enumerate(names.items())}
     return names
+
+
+def overwritten_inputs(names: dict[str, str], out_dir) -> list[tuple[str, str]]:
+    """``(input, output)`` for every output in ``out_dir`` (``names``: input -> file name) that is
+    one of the inputs (the same path after resolving links, or the same file)."""
+    from pathlib import Path
+
+    inputs = {}
+    for p in names:
+        path = Path(p)
+        inputs[path.resolve()] = p
+    clash = []
+    for p, name in names.items():
+        target = Path(out_dir) / name
+        hit = inputs.get(target.resolve())
+        if hit is None and target.exists():
+            hit = next((q for q in names if Path(q).exists() and os.path.samefile(q, target)), None)
+        if hit is not None:
+            clash.append((hit, str(target)))
+    return clash
 
 
 def _info(sub: argparse.ArgumentParser) -> Handler:
@@ -362,7 +399,7 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--method", default="nst", choices=sorted(methods),
                      help="; ".join(f"{k}: {v[0]}" for k, v in methods.items()))
     sub.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<stem>_<method>.png")
-    sub.add_argument("--size", type=int_at_least(32), default=None, help="square side in px (resize + crop); "
+    sub.add_argument("--size", type=int_between(32, MAX_SIZE), default=None, help="square side in px (resize + crop); "
                      "default 256; pix2pix, comicdiff: the training size (the model runs at its training size "
                      "either way, as in evaluate)")
     sub.add_argument("--align-face", action="store_true", help="find the face on the full-resolution photo "
@@ -379,11 +416,15 @@ def _stylize(sub: argparse.ArgumentParser) -> Handler:
         from .images import ImageError, load_tensor, save_image
 
         writable_dir(sub, "--out", args.out)
-        stylizer = stylizers.build(args.method, **methods[args.method][2](args))
-        if args.size is None:
-            args.size = int(getattr(stylizer, "size", 256))
         out_dir = Path(args.out)
         names = unique_output_names(args.photos, args.method)
+        clash = overwritten_inputs(names, out_dir)
+        if clash:
+            sub.error(f"--out {args.out}: {clash[0][1]} would overwrite the input {clash[0][0]}; choose another --out")
+        options = methods[args.method][2](args)        # every option checked before a model is built
+        stylizer = stylizers.build(args.method, **options)
+        if args.size is None:
+            args.size = int(getattr(stylizer, "size", 256))
         failed = []
         for photo_path, name in names.items():
             try:
@@ -409,22 +450,43 @@ def _bench(sub: argparse.ArgumentParser) -> Handler:
     from . import bench
 
     what = sub.add_subparsers(dest="what", required=True, metavar="{nst,pix2pix,comicdiff}")
-    bench.add_nst_arguments(what.add_parser("nst", help="seconds per NST optimisation step"))
-    bench.add_pix2pix_arguments(what.add_parser(
-        "pix2pix", help="pix2pix training steps/s and inference images/s"))
-    bench.add_comicdiff_arguments(what.add_parser(
-        "comicdiff", help="ComicDiff: E/U/D times, single step vs img2img, LoRA merge, alpha update"))
+    parsers = {"nst": what.add_parser("nst", help="seconds per NST optimisation step"),
+               "pix2pix": what.add_parser("pix2pix", help="pix2pix training steps/s and inference images/s"),
+               "comicdiff": what.add_parser(
+                   "comicdiff", help="ComicDiff: E/U/D times, single step vs img2img, LoRA merge, alpha update")}
+    bench.add_nst_arguments(parsers["nst"])
+    bench.add_pix2pix_arguments(parsers["pix2pix"])
+    bench.add_comicdiff_arguments(parsers["comicdiff"])
     runners = {"nst": bench.run_nst, "pix2pix": bench.run_pix2pix, "comicdiff": bench.run_comicdiff}
 
     def run(args):
+        check_bench_args(parsers[args.what], args)
         return runners[args.what](args)
 
     return run
 
 
+BENCH_LIMITS = {"steps": (1, None), "repeats": (1, None), "warmup": (0, None), "infer_batch": (1, None),
+                "threads": (1, None), "rank": (1, None), "batches": (1, None), "size": (8, MAX_SIZE),
+                "sizes": (8, MAX_SIZE)}
+"""The range of every numeric ``bench`` option (checked before anything is timed)."""
+
+
+def check_bench_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (exit 2, naming the option) for any ``bench`` value outside :data:`BENCH_LIMITS`."""
+    for name, (low, high) in BENCH_LIMITS.items():
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            flag = "--" + name.replace("_", "-")
+            if v is not None and v < low:
+                parser.error(f"{flag} must be at least {low}; got {v}")
+            if v is not None and high is not None and v > high:
+                parser.error(f"{flag} must be at most {high}; got {v}")
+
+
 def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
     sub.add_argument("--generator", choices=("unet", "ures9", "ures50"), default="unet")
-    sub.add_argument("--size", type=int_at_least(32), default=256, help="square side in px")
+    sub.add_argument("--size", type=int_between(32, MAX_SIZE), default=256, help="square side in px")
     sub.add_argument("--ngf", type=int_at_least(1), help="generator width (unet/ures9; default 64)")
     sub.add_argument("--epochs", type=int_at_least(1), default=20, help="epochs in total (Roberto's report: 20)")
     sub.add_argument("--steps", type=int_at_least(1), help="stop after this many steps in total")
@@ -451,6 +513,18 @@ def _train_pix2pix(sub: argparse.ArgumentParser) -> Handler:
                      "(also what stylize --checkpoint takes)")
 
     def run(args):
+        from pathlib import Path
+
+        from .checkpoints import output_lock
+
+        out = Path(args.out)
+        if out.is_dir():
+            sub.error(f"--out {args.out}: is a folder; name the checkpoint file to write (e.g. {out / 'run.pt'})")
+        writable_dir(sub, "--out", out.parent)         # before any work: an unwritable --out loses no step
+        with output_lock(out.parent):                  # a second run on the same folder stops here
+            return train(args)
+
+    def train(args):
         from . import data, metrics, pix2pix
         from .runtime import seed_everything
 
@@ -658,14 +732,42 @@ def run_with_error_boundary(fn: Callable[[], int], debug: bool = False) -> int:
         return 1
 
 
+LIBRARY_LOGGERS = ("diffusers", "transformers", "accelerate", "peft", "huggingface_hub", "torch", "timm", "PIL")
+"""Libraries whose log lines and warnings a command keeps quiet unless ``--debug``."""
+
+
+def quiet_libraries(debug: bool = False) -> None:
+    """Only errors from the libraries of :data:`LIBRARY_LOGGERS` (their INFO/WARNING lines and
+    Python warnings would bury the one ``error:`` line), unless ``debug``. Imports none of them."""
+    import logging
+    import warnings
+
+    if _debug_requested(debug):
+        return
+    for env in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):     # read when the library configures itself
+        os.environ.setdefault(env, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in LIBRARY_LOGGERS:
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+
+
+def run_command(fn: Callable[[], int], debug: bool = False) -> int:
+    """How every entry point runs: libraries quiet (:func:`quiet_libraries`), SIGTERM handled like
+    Ctrl-C, and the error boundary (:func:`run_with_error_boundary`)."""
+    quiet_libraries(debug)
+    with _terminate_as_interrupt():
+        return run_with_error_boundary(fn, debug)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done, 1 the command failed (one line on stderr saying why),
-    2 bad usage (argparse's message), 130 interrupted. ``--debug`` or ``COMICUTILS_DEBUG=1``
-    shows the full traceback instead of the one line."""
+    2 bad usage (argparse's message), 130 interrupted (Ctrl-C or SIGTERM). ``--debug`` or
+    ``COMICUTILS_DEBUG=1`` shows the full traceback instead of the one line."""
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
-    with _terminate_as_interrupt():
-        return run_with_error_boundary(lambda: handlers[args.command](args), args.debug)
+    return run_command(lambda: handlers[args.command](args), args.debug)
 
 
 class _terminate_as_interrupt:
