@@ -58,6 +58,27 @@ class AssetError(RuntimeError):
     """Base class of every asset problem."""
 
 
+class UnsafePath(AssetError, ValueError):
+    """A path read from a registry, an archive or a configuration file would leave its folder."""
+
+
+def confined_path(root: str | os.PathLike, rel: str | os.PathLike, what: str = "path") -> Path:
+    """``root / rel`` when it stays inside ``root``, else :class:`UnsafePath` naming ``what``.
+
+    ``rel`` must be relative (no drive, not absolute) and, after resolving ``..`` and every link
+    that already exists, still lie under the resolved ``root``: compared as paths, not strings.
+    """
+    text = os.fspath(rel)
+    p = Path(text)
+    if not text.strip() or p.is_absolute() or p.drive or p.anchor:
+        raise UnsafePath(f"{what} {text!r} is not a relative path inside {root}")
+    base = Path(root).resolve()
+    target = (base / p).resolve()
+    if target != base and not target.is_relative_to(base):
+        raise UnsafePath(f"{what} {text!r} leads outside {root}")
+    return Path(root) / p
+
+
 class UnknownAsset(AssetError, KeyError):
     """The name is not in the registry."""
 
@@ -788,13 +809,14 @@ def find_local(name: str, *, pin: bool = True) -> Path | None:
     pass :func:`check_format` and is then pinned, unless ``pin=False``.
     """
     asset = get_asset(name)
-    cached = cache_dir() / asset.path
+    cached = confined_path(cache_dir(), asset.path, f"asset {name!r}'s path")
     if cached.is_file():
         _check(asset, cached, pin=pin)
         return cached
     bad: list[ChecksumMismatch] = []
     for root in mirror_dirs():
-        for cand in (root / asset.path, root / asset.filename):
+        for cand in (confined_path(root, asset.path, f"asset {name!r}'s path"),
+                     confined_path(root, asset.filename, f"asset {name!r}'s file name")):
             if cand.is_file():
                 try:
                     _check(asset, cand, pin=pin)
@@ -816,7 +838,7 @@ def fetch(name: str, *, download: bool = True, quiet: bool = False) -> Path:
     local = find_local(name)
     if local is not None:
         return local
-    target = cache_dir() / asset.path
+    target = confined_path(cache_dir(), asset.path, f"asset {name!r}'s path")
     why = None
     if not download:
         why = "downloading was not requested"
@@ -911,7 +933,7 @@ def fetch_group(group: str, *, download: bool = True) -> Path:
         prefix = prefix.parent
     for a in members:
         src = fetch(a.name, download=download)
-        dst = cache_dir() / a.path
+        dst = confined_path(cache_dir(), a.path, f"asset {a.name!r}'s path")
         if src.resolve() != dst.resolve():
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(f".{dst.name}.link")

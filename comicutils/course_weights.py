@@ -223,12 +223,12 @@ def _sha256(path: Path) -> str:
 
 def _fetch_file(rel: str, sha: str) -> Path:
     """A registry file from the checkout / COMICUTILS_PRETRAINED, else the asset cache, else GitHub."""
-    folder = pretrained_dir()
-    if folder is not None and (folder / rel).is_file():
-        return folder / rel
     from . import assets
 
-    cached = assets.cache_dir() / "pretrained" / rel
+    folder = pretrained_dir()
+    if folder is not None and assets.confined_path(folder, rel, "registry file").is_file():
+        return folder / rel
+    cached = assets.confined_path(assets.cache_dir() / "pretrained", rel, "registry file")
     if cached.is_file() and _sha256(cached) == sha:
         return cached
     if assets.offline():
@@ -248,9 +248,13 @@ def path(name: str, *, check: bool = True) -> Path:
     """The folder holding course weight ``name``'s files, each checked against its sha256."""
     e = entry(name)
     found = None
+    from .assets import UnsafePath
+
     for rel, meta in e["files"].items():
         try:
             p = _fetch_file(rel, meta["sha256"])
+        except UnsafePath:                           # a path leading outside its folder: never fetched
+            raise
         except Exception as err:
             raise CourseWeightMissing(f"course weight {name!r}: {rel} is not here and could not be fetched "
                                       f"({' '.join(str(err).split())[:160]})") from err
@@ -423,6 +427,11 @@ def _build_pix2pix(s: dict):
                             content_block=s.get("content_block", 9), edge_weight=s.get("edge_weight", 0.0))
 
 
+PIX2PIX_CHECKPOINT_STEPS = 25
+"""The pix2pix recipes' ``checkpoint_every`` counts epochs (5 of 40 steps); they also checkpoint
+every this many steps, so a kill loses at most 25 steps as with the other recipes."""
+
+
 def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) -> tuple[int, float | None]:
     from . import data
 
@@ -432,7 +441,8 @@ def _train_pix2pix(recipe: Recipe, steps: int, work: Path, show_progress: bool) 
     train, _ = _train_pairs(s["size"])
     dataset = data.PairDataset(train, augment=data.JointAugment(), seed=s["seed"])
     trainer.train(dataset, epochs=10 ** 6, steps=steps, batch_size=s["batch_size"], checkpoint=work / "trainer.pt",
-                  resume=True, show_progress=show_progress, seed=s["seed"], checkpoint_every=s["checkpoint_every"])
+                  resume=True, show_progress=show_progress, seed=s["seed"], checkpoint_every=s["checkpoint_every"],
+                  checkpoint_every_steps=PIX2PIX_CHECKPOINT_STEPS)
     first = trainer.history[0]["g_total"] if trainer.history and trainer.history[0]["step"] == 1 else None
     return trainer.step, first
 
@@ -507,17 +517,24 @@ def train(name: str, steps: int | None = None, *, work: str | os.PathLike | None
           show_progress: bool = True) -> dict:
     """Run (or resume) course weight ``name``'s recipe until ``steps`` optimiser steps in total
     (default: the recipe's). Checkpoints go to ``work`` (default :func:`work_dir`); a kill loses
-    at most ``checkpoint_every`` steps. Returns ``work/run.json``: start digest, steps, seconds."""
+    at most the recipe's ``checkpoint_every`` steps (pix2pix: :data:`PIX2PIX_CHECKPOINT_STEPS`), and Ctrl-C or
+    SIGTERM on pix2pix loses none (the step under way finishes and is saved). A prerequisite weight
+    that is missing raises :class:`CourseWeightMissing`, one that is damaged ``ValueError``.
+    Returns ``work/run.json``: start digest, steps, seconds."""
     recipe = _recipe(name)
     steps = recipe.steps if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     work = Path(work) if work is not None else work_dir(name)
     for need in recipe.needs:
-        if not available(need):
-            raise CourseWeightMissing(f"{name} trains on course weight {need!r}, which is not exported yet: run "
+        try:
+            path(need)
+        except CourseWeightMissing as err:
+            raise CourseWeightMissing(f"{name} trains on course weight {need!r}, which is not here ({err}): run "
                                       f"`{RECIPES[need].command()}` and `python -m comicutils course-weights "
-                                      f"export {need}` first")
+                                      f"export {need}` first") from err
+        except ValueError as err:                     # there, but not what the registry recorded
+            raise ValueError(f"{name} trains on course weight {need!r}, which is damaged: {err}") from err
     start = time.perf_counter()
     done, first = 0, None
     try:
@@ -530,19 +547,26 @@ def train(name: str, steps: int | None = None, *, work: str | os.PathLike | None
 
 def _steps_done(name: str, work: Path) -> int:
     """Steps in the newest checkpoint of ``work`` (0 if none)."""
-    from .checkpoints import latest_checkpoint_dir, load_file
+    from .checkpoints import checkpoint_exists, latest_checkpoint_dir
 
-    if name == "comicdiff-denoiser" and (work / "pretrain.pt").is_file():
-        return int(load_file(work / "pretrain.pt")["step"])
-    if name in PIX2PIX and (work / "trainer.pt").is_file():
-        return int(load_file(work / "trainer.pt")["step"])
+    if name == "comicdiff-denoiser" and checkpoint_exists(work / "pretrain.pt"):
+        return int(_newest(work / "pretrain.pt")["step"])
+    if name in PIX2PIX and checkpoint_exists(work / "trainer.pt"):
+        return int(_newest(work / "trainer.pt")["step"])
     if name in ADAPTERS:
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
         if found is not None:
             return int(found[1].get("step", 0))
-    if name.startswith("stylegan-") and (work / "reconstruction.pt").is_file():
-        return int(load_file(work / "reconstruction.pt")["step"])
+    if name.startswith("stylegan-") and checkpoint_exists(work / "reconstruction.pt"):
+        return int(_newest(work / "reconstruction.pt")["step"])
     return 0
+
+
+def _newest(path: Path) -> dict:
+    """The newest intact checkpoint file at ``path`` (or its ``.previous``, said on screen)."""
+    from .checkpoints import load_latest
+
+    return load_latest(path)[0]
 
 
 # --------------------------------------------------------------------------- export
@@ -586,25 +610,25 @@ def _export_files(name: str, work: Path, tmp: Path) -> dict:
     """Write ``name``'s fp16 files into ``tmp``; return extra registry fields."""
     from safetensors.torch import save_file
 
-    from .checkpoints import latest_checkpoint_dir, load_file
+    from .checkpoints import latest_checkpoint_dir
 
     if name == "comicdiff-denoiser":
         from .comicdiff import components as C
 
-        state = load_file(work / "pretrain.pt")
+        state = _newest(work / "pretrain.pt")
         unet = C.build_unet()
         unet.load_state_dict(state["unet"])
         unet.half().save_pretrained(tmp, safe_serialization=True)
         return {"steps": int(state["step"]), "final_loss": _mean_tail([r["loss"] for r in state["history"]])}
     if name in PIX2PIX:
-        state = load_file(work / "trainer.pt")
+        state = _newest(work / "trainer.pt")
         config = dict(state["config"]["generator"])
         store = _int8_state if RECIPES[name].store == "int8" else _half_state
         save_file(store(state["generator"]), str(tmp / "generator.safetensors"), metadata={"config": json.dumps(config)})
         return {"steps": int(state["step"]), "epochs": int(state["epoch"]), "config": config,
                 "final_loss": _mean_tail([r["g_l1"] for r in state["history"]])}
     if name.startswith("stylegan-"):
-        state = load_file(work / "reconstruction.pt")
+        state = _newest(work / "reconstruction.pt")
         from . import stylegan as sg
 
         G = sg.Generator(_stylegan_config(name))
@@ -637,7 +661,7 @@ def _export_files(name: str, work: Path, tmp: Path) -> dict:
 def _first_loss(name: str, work: Path) -> float | None:
     """The loss of step 1 as the newest checkpoint's history recorded it (a run that was
     interrupted and resumed has it there even when its run.json does not)."""
-    from .checkpoints import latest_checkpoint_dir, load_file
+    from .checkpoints import checkpoint_exists, latest_checkpoint_dir
 
     if name in ADAPTERS:
         found = latest_checkpoint_dir(work, "checkpoint-latest", say=lambda *_: None)
@@ -646,7 +670,7 @@ def _first_loss(name: str, work: Path) -> float | None:
     else:
         file, key = {"comicdiff-denoiser": ("pretrain.pt", "loss"),
                      **{p: ("trainer.pt", "g_total") for p in PIX2PIX}}.get(name, ("reconstruction.pt", "reconstruction"))
-        history = load_file(work / file)["history"] if (work / file).is_file() else []
+        history = _newest(work / file)["history"] if checkpoint_exists(work / file) else []
     return float(history[0][key]) if history else None
 
 
