@@ -24,6 +24,13 @@ it always trains the quick version, and the notice says why.
 * :func:`stylegan_from_chapter_03` — chapter 03's micro photo generator
   (``photo_generator.pt``), or a micro generator warm-started here by regression on the
   course's photos.
+
+And what one training step of chapters 01, 02 and 07 needs, for the line a training cell prints
+before it starts (:func:`comicutils.memory.plan`): :func:`nst_step_memory`,
+:func:`pix2pix_step_memory`, :func:`gan_step_memory` (chapter 04's is
+:func:`comicutils.comicdiff.training_memory`). Each builds the chapter's own networks on the meta
+device at the real size and batch; their trainers run in float32 (none has a mixed-precision or
+checkpointing option), so the estimates are float32 too.
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ import torch
 from .runtime import by_mode, get_device, get_mode, notice_banner, run_dir
 
 __all__ = ["Pix2PixResult", "ComicDiffResult", "StyleGANResult", "pix2pix_from_chapter_02",
-           "comicdiff_from_chapter_04", "stylegan_from_chapter_03", "course_training_pairs"]
+           "comicdiff_from_chapter_04", "stylegan_from_chapter_03", "course_training_pairs",
+           "nst_step_memory", "pix2pix_step_memory", "gan_step_memory"]
 
 PIX2PIX_CHAPTER = "02"
 STYLEGAN_CHAPTER = "03"
@@ -321,7 +329,8 @@ def _comicdiff_found(folder: Path, size: int, rank: int, device) -> tuple[ComicD
 def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_steps: int | None = None,
                               pretrain_steps: int | None = None, pretrain_batch: int | None = None,
                               lr: float | None = None, seed: int = 0, unet_config: dict | None = None,
-                              device: str | torch.device | None = None) -> ComicDiffResult:
+                              device: str | torch.device | None = None, batch_size: int = 4,
+                              gradient_checkpointing: bool = False) -> ComicDiffResult:
     """Chapter 04's ComicDiff adapter trained at ``size`` px, or a quick one trained here.
 
     Looks in chapter 04's run folder for ``lora-r{rank}/adapter`` whose info says ``size``. The
@@ -334,7 +343,8 @@ def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_ste
     ``pretrain_steps`` steps, default 5 in smoke mode and 400 otherwise), then a rank-``rank``
     LoRA for ``quick_steps`` steps (default 2 in smoke mode, 200 otherwise) at learning rate
     ``lr`` (default 1e-3 offline, 1e-4 on SD 2.1) on ``train`` (default
-    :func:`course_training_pairs`). ``device`` defaults to
+    :func:`course_training_pairs`), ``batch_size`` pairs a step, with ``gradient_checkpointing``
+    where a GPU tier needs it (chapter 04's values). ``device`` defaults to
     :func:`comicutils.runtime.get_device`.
     """
     from . import comicdiff as cd
@@ -367,7 +377,8 @@ def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_ste
                              components.scheduler_config, steps=pre_steps, batch_size=batch, seed=seed)
     model = cd.ComicDiff(dataclasses.replace(components, unet=copy.deepcopy(components.unet)))
     lr = lr if lr is not None else (1e-3 if components.path == "offline" else 1e-4)
-    config = cd.TrainConfig(rank=rank, lora_alpha=rank, lr=lr, max_steps=steps, epochs=10**6, seed=seed)
+    config = cd.TrainConfig(rank=rank, lora_alpha=rank, lr=lr, max_steps=steps, epochs=10**6, seed=seed,
+                            batch_size=batch_size, gradient_checkpointing=gradient_checkpointing)
     result = cd.train_lora(model, train_set, config)
     model.info = {"size": [size, size], "rank": rank, "path": components.path, "step": result.steps,
                   "timestep": model.timestep, "provenance": cd.base_provenance(components)}
@@ -375,3 +386,98 @@ def comicdiff_from_chapter_04(size: int, train=None, *, rank: int = 8, quick_ste
     print(f"quick ComicDiff trained here: {components.path} path, rank {rank}, {result.steps} LoRA steps"
           + (f" after {pre_steps} denoiser steps" if components.path == "offline" else ""))
     return ComicDiffResult(model, components.path, True, looked_in=folder, steps=result.steps, _base=components)
+
+
+# --------------------------------------------------------------------------- training-step estimates
+def nst_step_memory(size: int, backbone: str = "vgg16"):
+    """One step of :func:`comicutils.nst.stylize` at ``size`` px (:class:`comicutils.memory.StepMemory`):
+    the frozen feature network of ``backbone`` (the one that runs: ``"vgg16"``, ``"vgg19"`` or
+    ``"taef2"``) up to its deepest default layer, the image as the one trainable tensor (Adam), the
+    content and style losses against fixed targets."""
+    from . import memory, nst, taesd
+
+    layers = nst.DEFAULT_LAYERS[backbone]
+    names = (*layers["style"], *layers["content"])
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.image = torch.nn.Parameter(torch.rand(1, 3, size, size))
+            arch = backbone.removesuffix("-random")
+            if arch == "taef2":                      # the encoder untrained: only its shapes count here
+                blocks = tuple(sorted({int(n.removeprefix("block")) for n in names}))
+                self.net = taesd.FeatureExtractor(blocks, encoder=taesd.build_encoder())
+            else:
+                self.net = nst.VGGFeatures(arch, names)
+
+        def forward(self):
+            feats = self.net(self.image)
+            feats = {(f"block{k}" if isinstance(k, int) else k): v for k, v in feats.items()}
+            grams = {k: nst.gram_matrix(feats[k]).detach() for k in layers["style"]}
+            targets = {k: feats[k].detach() for k in layers["content"]}
+            return nst.content_loss(feats, targets) + nst.style_loss(feats, grams)
+
+    return memory.estimate_training_step(Step, lambda: [], step=lambda m: m())
+
+
+def pix2pix_step_memory(config: dict, batch: int):
+    """One :meth:`comicutils.pix2pix.Pix2PixTrainer.train_step` of a :func:`comicutils.pix2pix.table1_config`
+    row (generator, PatchGAN, VGG-16 perceptual term where the row has one) on ``batch`` pairs at the
+    row's size. The D update and the G update are counted as one graph, so every activation of both
+    is held at once (errs high: the trainer frees the D update's before the G update)."""
+    from . import memory, nst, pix2pix
+
+    size = config["generator"]["size"]
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            kw = {k: v for k, v in config["generator"].items() if k != "pretrained"}
+            self.g = pix2pix.build_generator(**kw, **({"pretrained": False} if kw["name"] == "ures50" else {}))
+            self.d = pix2pix.PatchDiscriminator(**config["discriminator"])
+            self.perc = None
+            if config.get("perceptual"):
+                layers = pix2pix.PERCEPTUAL_LAYERS["vgg16"]
+                self.perc = pix2pix.PerceptualLoss(nst.VGGFeatures("vgg16", layers), config["perceptual"]["criterion"],
+                                                   layers=layers)
+            self.gan = pix2pix.GANLoss()
+
+        def forward(self, photo, comic):
+            fake = self.g(photo)
+            loss_d = pix2pix.discriminator_loss(self.d(photo, comic), self.d(photo, fake.detach()), self.gan)
+            loss_g = pix2pix.generator_loss(self.d(photo, fake), fake, comic, gan_loss=self.gan, perceptual=self.perc)
+            return loss_d + loss_g["total"]
+
+    pair = lambda: [torch.rand(batch, 3, size, size) * 2 - 1 for _ in range(2)]   # noqa: E731
+    return memory.estimate_training_step(Step, pair, step=lambda m, x, y: m(x, y))
+
+
+def gan_step_memory(build_generator, build_discriminator, batch: int, *, nz: int = 100, size: int = 64,
+                    conditional: bool = False):
+    """One :meth:`comicutils.gan.GANTrainer.train_step` (D on real and generated images in one batch,
+    then G against the updated D) of the networks ``build_generator()`` and ``build_discriminator()``
+    make (e.g. ``lambda: gan.DCGANGenerator(NZ, G_WIDTHS, SIZE)``) on ``batch`` images; ``conditional``:
+    a :class:`~comicutils.gan.ConditionalGenerator` and its discriminator, which take style labels.
+    Counted as one graph (errs high, as :func:`pix2pix_step_memory`)."""
+    import torch.nn.functional as F
+
+    from . import memory
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g, self.d = build_generator(), build_discriminator()
+
+        def forward(self, real, z, y):
+            cond = (y,) if conditional else ()
+            fake = self.g(z, embedding=self.g.embedding(y)) if conditional else self.g(z)   # embed()'s label check reads values
+            logits = self.d.logits(torch.cat([real, fake.detach()]), *((torch.cat([y, y]),) if conditional else ()))
+            ones = torch.ones_like(logits[:batch])
+            loss_d = F.binary_cross_entropy_with_logits(logits[:batch], ones) + \
+                F.binary_cross_entropy_with_logits(logits[batch:], torch.zeros_like(ones))
+            return loss_d + F.binary_cross_entropy_with_logits(self.d.logits(fake, *cond), ones)
+
+    def inputs():
+        return [torch.rand(batch, 3, size, size), torch.randn(batch, nz), torch.zeros(batch, dtype=torch.long)]
+
+    return memory.estimate_training_step(Step, inputs, step=lambda m, *b: m(*b))

@@ -227,14 +227,20 @@ def diffusers_segments(model: nn.Module) -> list[nn.Module]:
 
 PEAK_TFLOPS = {"T4": 65.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
 """Dense fp16/bf16 tensor-core peaks from NVIDIA's datasheets (T4 65, A100 312, H100 SXM 989 TFLOPS)."""
+PEAK_TFLOPS_FP32 = {"T4": 8.1, "L4": 60.0, "A10": 62.5, "V100": 15.7, "A100": 156.0, "H100": 494.0, "H200": 494.0}
+"""Float32 training peaks from the same datasheets: plain FP32 below compute capability 8.0 (T4 8.1,
+V100 15.7 TFLOPS), dense TF32 from 8.0 (A100 156, H100 SXM 494), which PyTorch uses for cuDNN
+convolutions by default (``torch.backends.cudnn.allow_tf32``)."""
 UTILIZATION = 0.3
 """Assumed share of that peak a diffusers training step reaches: an assumption, checked only where the
 docs' tier table says a card measured it."""
 
 
-def step_seconds(est: StepMemory, gpu_name: str) -> float | None:
-    """Estimated seconds per step on the named card: ``flops / (peak x UTILIZATION)``; None if unknown."""
-    peak = next((PEAK_TFLOPS[k] for k in sorted(PEAK_TFLOPS, key=len, reverse=True) if k in gpu_name.upper()), None)
+def step_seconds(est: StepMemory, gpu_name: str, dtype: str = "float16") -> float | None:
+    """Estimated seconds per step on the named card: ``flops / (peak x UTILIZATION)``, the peak of
+    ``dtype`` (:data:`PEAK_TFLOPS` for half precision, :data:`PEAK_TFLOPS_FP32` for float32); None if unknown."""
+    peaks = PEAK_TFLOPS_FP32 if dtype == "float32" else PEAK_TFLOPS
+    peak = next((peaks[k] for k in sorted(peaks, key=len, reverse=True) if k in gpu_name.upper()), None)
     return None if peak is None or not est.flops else est.flops / (peak * 1e12 * UTILIZATION)
 
 
@@ -252,13 +258,14 @@ def plan(est: StepMemory, what: str, steps: int, tier=None, *, dtype: str | None
     full = get_mode() == "full"
     budget = FULL_BUDGET_GIB if full else tier.budget_gib
     est.check(budget, what)
-    head = (f"{what}, {dtype or ('bfloat16' if full else tier.dtype)}: about {est.total_gib:.1f} GiB per step "
+    dtype = dtype or ("bfloat16" if full else tier.dtype)
+    head = (f"{what}, {dtype}: about {est.total_gib:.1f} GiB per step "
             f"(estimate; budget {budget:g} GiB), {steps} steps")
-    per_step = step_seconds(est, tier.gpu) if tier.is_gpu else None
+    per_step = step_seconds(est, tier.gpu, dtype) if tier.is_gpu else None
     if per_step is None:
         return f"{head}; the progress bar below shows the rate on this device"
     return (f"{head}, expected about {per_step * steps / 60:.0f} min on {tier.gpu} (estimate: "
-            f"{est.flops / 1e12:.1f} TFLOP per step at {UTILIZATION:.0%} of the card's datasheet peak)")
+            f"{est.flops / 1e12:.3g} TFLOP per step at {UTILIZATION:.0%} of the card's datasheet peak)")
 
 
 def _default_loss(out) -> torch.Tensor:
