@@ -397,3 +397,12 @@ def test_library_logging_is_quiet_unless_debug(monkeypatch):
     cli.quiet_libraries()
     assert all(logging.getLogger(n).level == logging.ERROR for n in cli.LIBRARY_LOGGERS)
     assert os.environ["DIFFUSERS_VERBOSITY"] == "error"
+
+
+def test_a_checkpoint_holding_other_objects_than_tensors_is_refused_never_unpickled(tmp_path):
+    import pathlib
+
+    path = tmp_path / "foreign.pt"
+    torch.save({"format": "x", "where": pathlib.PurePosixPath("/tmp")}, path)     # needs the full unpickler
+    with pytest.raises(ValueError, match="objects other than tensors"):
+        checkpoints.load_file(path)
