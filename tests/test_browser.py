@@ -27,7 +27,7 @@ CHROMIUM = os.environ.get("COMICUTILS_CHROMIUM") or shutil.which("chromium") or 
 SCREEN = {"width": 1366, "height": 768}
 RUN_ALL_TIMEOUT_S = 600
 
-pytestmark = [pytest.mark.timeout(RUN_ALL_TIMEOUT_S + 300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_ALL_TIMEOUT_S + 300)]
 
 
 @pytest.fixture(scope="module", autouse=True)
