@@ -305,7 +305,7 @@ def load_file(path: str | os.PathLike, map_location="cpu") -> Any:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickler errors all mean the same thing here
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
-        if "weights_only" in first:                   # torch's advice to unpickle anything: not for a foreign file
+        if "weights only" in first.lower().replace("_", " "):   # torch's advice to unpickle anything: not for a foreign file
             first = "it holds objects other than tensors and plain values"
         raise ValueError(f"{path} is not a readable course checkpoint (truncated, corrupt or another "
                          f"program's file; {type(err).__name__}{': ' + first if first else ''})") from err
