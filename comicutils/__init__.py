@@ -2,14 +2,17 @@
 
 Modules, one concern each:
 
-* :mod:`comicutils.runtime` - run mode (smoke/auto/full), device, seeding, progress bars,
-  the "substitute in use" banner.
+* :mod:`comicutils.runtime` - run mode (smoke/auto/full), device and device tier (cpu, gpu16,
+  gpu40), seeding, progress bars, the "substitute in use" banner, where outputs and downloads go.
+* :mod:`comicutils.memory` - a training step's peak memory and FLOPs, estimated on the meta device.
 * :mod:`comicutils.assets` - registry of every downloadable file (URL, sha256, licence),
   cache, offline mirror, verified downloads.
 * :mod:`comicutils.images` - load/convert/validate images; tensors are (N, 3, H, W) in [0, 1].
 * :mod:`comicutils.data` - face2comics pairs, paired folders, deterministic splits, joint
   augmentation, the CC0 portraits.
 * :mod:`comicutils.faces` - Haar and dlib face detection, 5-point alignment, identity embeddings.
+* :mod:`comicutils.haar` - OpenCV's Haar cascade run in NumPy (for OpenCV 5, which has none).
+* :mod:`comicutils.dlib_resnet` - dlib's face-recognition ResNet as a differentiable PyTorch network.
 * :mod:`comicutils.metrics` - SSIM, PSNR, MSE, RMSE, FSIM, LPIPS, identity distance, tables.
 * :mod:`comicutils.taesd` - the taef2 tiny autoencoder (offline latent space and VGG stand-in).
 * :mod:`comicutils.nst` - Gram-matrix neural style transfer (chapter 01).
@@ -28,7 +31,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("runtime", "assets", "images", "data", "faces", "metrics", "taesd", "nst", "pix2pix",
+_SUBMODULES = ("runtime", "memory", "assets", "images", "data", "faces", "haar", "dlib_resnet", "metrics", "taesd", "nst", "pix2pix",
                "cartoon", "animegan", "stylizers", "evaluation", "fid", "viz", "bench", "course", "checkpoints",
                "cli")
 
