@@ -210,3 +210,19 @@ def test_training_memory_needs_cuda():
 
     with pytest.raises(RuntimeError, match="CUDA"):
         bench.comicdiff_training_memory(device="cpu")
+
+
+def test_the_comicdiff_stylizer_follows_alpha(offline_run):
+    """α = 0 is the VAE reconstruction; the further α goes, the further the output moves from it
+    (a stylizer that ignored α, or used it twice, fails)."""
+    _, model = offline_run
+    model.info = {"size": [32, 32], "rank": 2}           # the stylizer works at the adapter's size: no resize here
+    x = images(2, 32)
+    outs = {a: stylizers.build("comicdiff", model=model, alpha=a)(x) for a in (0.0, 0.5, 1.0, 1.5)}
+    with torch.no_grad():
+        recon = model.decode(model.encode(x)).clamp(0, 1)
+    torch.testing.assert_close(outs[0.0], recon, atol=2e-3, rtol=0)
+    moved = [float((outs[a] - outs[0.0]).abs().mean()) for a in (0.5, 1.0, 1.5)]
+    assert 0 < moved[0] < moved[1] < moved[2], moved
+    for a in (0.5, 1.0):
+        torch.testing.assert_close(outs[a], model.translate(x, alpha=a), atol=2e-3, rtol=0)

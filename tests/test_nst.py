@@ -198,6 +198,13 @@ def test_cli_stylize_writes_png(tmp_path, capsys):
     written = out_dir / "me_nst.png"
     assert written.is_file() and str(written) in capsys.readouterr().out
     assert images.load_tensor(written).shape == (1, 3, 32, 32)
+    # the CLI's image is the library's: the same stylizer on the same inputs, up to 8-bit rounding
+    from comicutils import stylizers
+
+    lib = stylizers.build("nst", style=images.load_tensor(style, 32), backbone="vgg16-random", size=32, steps=2,
+                          seed=0)(images.load_tensor(photo, 32))
+    assert (images.load_tensor(written) - lib).abs().max() <= 1 / 255 + 1e-6
+    assert (lib - images.load_tensor(photo, 32)).abs().mean() > 1e-3      # and it did change the photo
 
 
 def test_cli_unknown_method_lists_methods(tmp_path, capsys):

@@ -372,6 +372,16 @@ def test_diff_augment_shape_and_gradient():
     assert x.grad.abs().sum() > 0
 
 
+def test_diff_augment_changes_every_image_and_repeats_with_its_generator():
+    """An augmentation that returned its input (or ignored its generator) would fail."""
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    a = sg.diff_augment(x, torch.Generator().manual_seed(0))
+    b = sg.diff_augment(x, torch.Generator().manual_seed(0))
+    c = sg.diff_augment(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert all((a[i] - x[i]).abs().mean() > 1e-3 for i in range(len(x)))
+
+
 # --------------------------------------------------------------------------- pairs on disk
 def test_write_pairs_readable_by_chapter02_loader(tmp_path):
     G = tiny(16)
