@@ -226,3 +226,18 @@ def test_the_comicdiff_stylizer_follows_alpha(offline_run):
     assert 0 < moved[0] < moved[1] < moved[2], moved
     for a in (0.5, 1.0):
         torch.testing.assert_close(outs[a], model.translate(x, alpha=a), atol=2e-3, rtol=0)
+
+
+def test_an_adapter_without_its_base_model_recorded_is_refused(offline_run):
+    import json
+
+    run, _ = offline_run
+    adapter = run / "lora-r2" / "adapter"
+    (info_file,) = [p for p in adapter.glob("*.json") if "provenance" in p.read_text()]
+    info = json.loads(info_file.read_text())
+    assert info["provenance"]["base"].startswith("unet-sha256:")      # save_adapter records it by itself
+    cd.load_translator(adapter)                                         # the right denoiser: loads
+    del info["provenance"]
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="records no base model"):
+        cd.load_translator(adapter)

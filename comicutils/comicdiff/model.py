@@ -105,6 +105,12 @@ class ComicDiff(nn.Module):
         return self
 
     def save_adapter(self, directory, info: dict | None = None, **kwargs):
+        """Save the LoRA weights and ``info``; the base they need (``provenance``: SD 2.1's id and
+        revision, or the offline denoiser's sha256) is recorded when ``info`` does not carry it."""
+        from .components import base_provenance
+
+        info = dict(info or {})
+        info.setdefault("provenance", base_provenance(self.components, self.unet))
         return lora.save_adapter(self.unet, directory, info, **kwargs)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -289,11 +295,13 @@ def load_translator(adapter_dir, *, denoiser=None, merge: bool = False, alpha: f
     else:
         components = load_components("sd21", device=device)
     saved = info.get("provenance")
-    if saved:                                          # refuse another denoiser or base model
-        from ..checkpoints import check_provenance
-        from .components import base_provenance
+    if not saved:                                      # nothing to check it against: refuse, do not guess
+        raise ValueError(f"adapter {adapter_dir} records no base model (no 'provenance' in its JSON), so it cannot "
+                         "be checked against this denoiser; save adapters with ComicDiff.save_adapter or train_lora")
+    from ..checkpoints import check_provenance
+    from .components import base_provenance
 
-        check_provenance(saved, base_provenance(components), f"adapter {adapter_dir}", keys=("path", "base"))
+    check_provenance(saved, base_provenance(components), f"adapter {adapter_dir}", keys=("path", "base"))
     model = ComicDiff(components, timestep=int(info.get("timestep", DEFAULT_TIMESTEP)), alpha=alpha)
     try:
         model.load_adapter(adapter_dir)
