@@ -22,6 +22,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+pytestmark = pytest.mark.slow           # runs every notebook: not part of the quick unit tests
 
 # No substitute at all: every real weight is present (seed 001's identity term is dlib's
 # face-recognition ResNet in PyTorch, read from the file face_recognition_models installs).
