@@ -135,6 +135,9 @@ def chapter_07(p) -> list[Training]:
             Training("cGAN", cgan, p["CGAN_EPOCHS"] * -(-CGAN_IMAGES // p["CGAN_BATCH_SIZE"]))]
 
 
+TITLES = {"01": "01 · Neural style transfer", "02": "02 · pix2pix (the Human-to-Anime report's Table 1)",
+          "04": "04 · ComicDiff LoRA training", "06": "06 · Evaluation (its quick models)",
+          "07": "07 · DCGAN and conditional GAN (64 px)"}
 TRAININGS = {"01": chapter_01, "02": chapter_02, "04": chapter_04, "06": chapter_06, "07": chapter_07}
 SHOWN = {"01": ["SIZE", "EPOCHS", "SWEEP_STEPS", "RANDOM_STEPS"],
          "02": ["SIZE", "BATCH_SIZE", "EPOCHS", "TRAIN_PAIRS", "FULL_PAIRS", "TEST_PAIRS"],
@@ -170,9 +173,9 @@ def table(chapter: str) -> str:
     dtypes = {label: ", ".join(sorted({r.dtype for r in runs})) for label, (_, runs) in found.items()}
     lines.append("| training precision | " + " | ".join(dtypes[label] for label, _, _ in cols) + " |")
     lines.append("| steps | " + " | ".join(" + ".join(f"{r.steps:,}" for r in runs) for _, runs in found.values()) + " |")
-    lines.append("| peak memory of a step (estimate) | " + " | ".join(
+    lines.append("| peak memory of a step: estimate (comicutils.memory: counted on the meta device, x 1.15) | " + " | ".join(
         f"{max(r.est.total_gib for r in runs):.2f} GiB" for _, runs in found.values()) + " |")
-    lines.append("| training time (estimate) | " + " | ".join(
+    lines.append("| training time: estimate (comicutils.memory: FLOPs / (datasheet peak x 30 %)) | " + " | ".join(
         _time(runs, keys[label]) for label, (_, runs) in found.items()) + " |")
     runs = found["T4 (gpu16)"][1]
     lines.append("")
@@ -182,4 +185,4 @@ def table(chapter: str) -> str:
 
 if __name__ == "__main__":
     for chapter in TRAININGS:
-        print(f"### Chapter {chapter}\n\n{table(chapter)}\n")
+        print(f"### {TITLES[chapter]}\n\n{table(chapter)}\n")
