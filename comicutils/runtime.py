@@ -70,14 +70,14 @@ def get_mode() -> str:
 _UNSET: Any = object()
 
 
-def by_mode(smoke: T, auto: T, full: T | None = None, *, gpu16: T = _UNSET, gpu40: T = _UNSET,
+def by_mode(smoke: T, auto: T, full: T = _UNSET, *, gpu16: T = _UNSET, gpu40: T = _UNSET,
             mode: str | None = None, tier: str | None = None) -> T:
     """Pick a value by run mode and, in auto mode, by device tier.
 
     ``by_mode(smoke=2, auto=200, gpu16=1000, gpu40=2000, full=5000)``: ``auto`` is the CPU's
     value; on a GPU tier its own value, where given (``gpu40`` falls back to ``gpu16``, and both
-    to ``auto``; ``None`` is a value, e.g. "no step limit"). ``full`` (omitted or ``None``) falls
-    back to the largest tier's value given. Every notebook's parameters cell uses it, so one place
+    to ``auto``; ``None`` is a value, e.g. "no step limit", in every mode). ``full``, when omitted,
+    falls back to the largest tier's value given. Every notebook's parameters cell uses it, so one place
     shows every knob and how mode and tier scale it.
     """
     mode = mode or get_mode()
@@ -86,7 +86,7 @@ def by_mode(smoke: T, auto: T, full: T | None = None, *, gpu16: T = _UNSET, gpu4
     if mode == "smoke":
         return smoke
     if mode == "full":
-        return full if full is not None else next((v for v in (gpu40, gpu16) if v is not _UNSET), auto)
+        return full if full is not _UNSET else next((v for v in (gpu40, gpu16) if v is not _UNSET), auto)
     if gpu16 is _UNSET and gpu40 is _UNSET:
         return auto
     tier = tier or device_tier().name

@@ -269,8 +269,9 @@ def test_device_tier_reads_the_card(monkeypatch):
         assert tier.budget_gib <= gib - 1.5 or tier.name == "cpu", name
 
 
-def test_none_is_a_tier_value_and_full_none_means_not_given(monkeypatch):
+def test_none_is_a_value_in_every_mode_and_an_omitted_full_falls_back(monkeypatch):
     monkeypatch.setenv("COMICUTILS_MODE", "auto")
     assert runtime.by_mode(smoke=3, auto=None, gpu16=400, tier="cpu") is None        # "no step limit" on the CPU
     assert runtime.by_mode(smoke=3, auto=1, gpu16=None, tier="gpu40") is None
-    assert runtime.by_mode(smoke=3, auto=1, full=None, mode="full") == 1
+    assert runtime.by_mode(smoke=3, auto=1, gpu40=600, full=None, mode="full") is None   # full: no limit
+    assert runtime.by_mode(smoke=3, auto=1, gpu40=600, mode="full") == 600
