@@ -27,7 +27,7 @@ def test_json_rows_have_no_nan_or_inf():
                              set_metrics=())
     [row] = evaluation.to_json_rows(df)
     assert row["psnr"] == "inf" and row["lpips_alex"] is None
-    json.dumps(row)
+    json.dumps(row, allow_nan=False)                    # strict JSON: raises on any NaN or infinity left
 
 
 def test_evaluate_cli_writes_one_row_per_method_with_every_column(tmp_path, mirror, capsys):
