@@ -46,7 +46,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import CACHE_ENV, MIRROR_ENV, cache_dir, get_mode, mirror_dirs, progress, substitute_banner  # noqa: F401 (re-exported)
+from .runtime import CACHE_ENV, MIRROR_ENV, cache_dir, file_sha256, get_mode, mirror_dirs, progress, substitute_banner  # noqa: F401 (re-exported)
 
 OFFLINE_ENV = "COMICUTILS_OFFLINE"
 STANDIN_ENV = "COMICUTILS_STANDIN_CHECKSUMS"
@@ -397,11 +397,7 @@ def offline() -> bool:
 
 # --------------------------------------------------------------------------- hashing
 def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 _VERIFIED: dict[tuple, str] = {}      # file state -> sha256 (a file that passed, or awaits its pin)

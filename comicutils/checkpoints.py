@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import torch
 
+from .runtime import file_sha256  # noqa: F401 (re-exported)
+
 __all__ = ["trainer_state", "save_state", "load_file", "load_latest", "checkpoint_exists", "restore_trainer",
            "NonFiniteState", "check_finite", "check_finite_state", "remove_stale_temps", "ProvenanceMismatch",
            "check_provenance", "CheckpointCorrupt", "OutputLocked", "output_lock", "content_digest",
@@ -204,14 +206,6 @@ def content_digest(obj: Any) -> str:
     and list entry, in order. Equal for a saved object and what ``torch.load`` gives back."""
     h = hashlib.sha256()
     _feed(h, obj)
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -407,7 +401,7 @@ def restore_trainer(trainer, path: str | os.PathLike, fmt: str, *, say: Callable
 
 # --------------------------------------------------------------------------- checkpoint folders
 def _manifest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _file_sha256(p)}
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != PARTIAL_MARK}
 
 
@@ -468,7 +462,7 @@ def _complete(folder: Path) -> dict | None:
             if not p.resolve().is_relative_to(folder.resolve()) or not p.is_file():
                 return None
             size, sha = (meta, None) if isinstance(meta, int) else (meta["bytes"], meta["sha256"])
-            if p.stat().st_size != size or (sha is not None and _file_sha256(p) != sha):
+            if p.stat().st_size != size or (sha is not None and file_sha256(p) != sha):
                 return None
     except (ValueError, KeyError, TypeError, OSError):
         return None

@@ -214,11 +214,9 @@ def entry(name: str) -> dict:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .runtime import file_sha256
+
+    return file_sha256(path)
 
 
 def _fetch_file(rel: str, sha: str) -> Path:

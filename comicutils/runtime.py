@@ -465,6 +465,17 @@ def run_dir(chapter: int | str, *, create: bool = True) -> Path:
     return path
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks: the one file digest of the package."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cache_dir() -> Path:
     """The download cache (:mod:`comicutils.assets` creates it on demand): ``COMICUTILS_CACHE``,
     else ``data/cache/`` of a checkout, else ``~/.cache/comicutils``."""
